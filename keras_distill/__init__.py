@@ -1,0 +1,19 @@
+"""keras-distill: knowledge distillation for Keras 3 on TensorFlow, JAX and PyTorch."""
+
+from keras_distill import callbacks
+from keras_distill import losses
+from keras_distill.distiller import Distiller
+from keras_distill.losses import DistillationLoss
+from keras_distill.losses import FeatureDistillation
+from keras_distill.losses import LogitsDistillation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DistillationLoss",
+    "Distiller",
+    "FeatureDistillation",
+    "LogitsDistillation",
+    "callbacks",
+    "losses",
+]

@@ -1,0 +1,569 @@
+"""The `Distiller`: a `keras.Model` that trains a student from a teacher."""
+
+import math
+import numbers
+import os
+
+import keras
+from keras import ops
+
+from keras_distill._keras_internals import get_keras_mask
+from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import combined_weights
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class Distiller(keras.Model):
+    """Trains a student model from a frozen teacher with `fit`.
+
+    The total loss of a batch is
+
+        student_loss_weight * student_loss
+        + sum_i distillation_loss_weights[i] * distillation_loss_i
+        + the student's regularization losses,
+
+    where `student_loss` is the loss given to `compile` on the labels, and
+    each distillation loss compares teacher and student. Both weights are
+    named because the literature's "alpha" means the student weight in some
+    libraries and the distillation weight in others. Unless given, each
+    distillation weight is `1 - student_loss_weight`, so the defaults give
+    the usual `0.5 * student_loss + 0.5 * distillation_loss`, as
+    `keras.distillation.Distiller` does.
+
+    On every step the teacher runs once, with `training=False`, under
+    `stop_gradient`; its weights never change, and the teacher object is not
+    modified (its `trainable` flag is left as it was). The student runs once;
+    `call` and `predict` return its outputs. `sample_weight`, `class_weight`
+    and padding masks apply to the student loss and to every distillation
+    loss. The weights and temperatures are non-trainable variables, so the
+    callbacks in `keras_distill.callbacks` can schedule them on every
+    backend.
+
+    `fit` and `evaluate` log `loss` (the total), `student_loss`, one entry
+    per distillation loss under its name (unweighted), `distillation_loss`
+    (the weighted sum), the compiled metrics of the student, and
+    `teacher_agreement`: how often the student's top-1 class is the
+    teacher's, on the output of the first loss that compares predictions.
+
+    The constructor takes the arguments of `keras.distillation.Distiller`,
+    so a script written for it runs after changing its import.
+
+    Args:
+        teacher: a built `keras.Model`, usually trained.
+        student: a built `keras.Model` to train.
+        distillation_losses: a `keras_distill.DistillationLoss` or a list of
+            them (`keras_distill.losses.KD`, `LogitsDistillation`, ...).
+        distillation_loss_weights: a weight >= 0 per distillation loss.
+            Defaults to `None`: `1 - student_loss_weight` for each.
+        student_loss_weight: weight >= 0 of the compiled loss on the labels.
+            Defaults to 0.5.
+        name: the model's name. Defaults to `"distiller"`.
+        **kwargs: other `keras.Model` arguments.
+
+    Example:
+
+    ```python
+    distiller = keras_distill.Distiller(
+        teacher=teacher,
+        student=student,
+        distillation_losses=keras_distill.losses.KD(temperature=4.0),
+        student_loss_weight=0.1,
+        distillation_loss_weights=[0.9],
+    )
+    distiller.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    distiller.fit(x_train, y_train, epochs=10)
+    distiller.export_student("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses,
+        distillation_loss_weights=None,
+        student_loss_weight=0.5,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        _check_model(teacher, "teacher")
+        _check_model(student, "student")
+        if teacher is student:
+            raise ValueError(
+                "The teacher and the student are the same model object. The "
+                "teacher must be a separate model (for example a trained "
+                "copy: keras.models.clone_model plus set_weights)."
+            )
+        losses = _loss_list(distillation_losses)
+        _check_weight(student_loss_weight, "student_loss_weight")
+        weights = _loss_weights(
+            distillation_loss_weights, len(losses), student_loss_weight
+        )
+
+        self.teacher = teacher
+        self.student = student
+        self.distillation_losses = losses
+        self.student_loss_weight = self._weight_variable(
+            "student_loss_weight", student_loss_weight
+        )
+        self.distillation_loss_weights = [
+            self._weight_variable(f"{loss.name}_weight", weight)
+            for loss, weight in zip(losses, weights)
+        ]
+        self._teacher_nonfinite = self._weight_variable("teacher_nonfinite", 0.0)
+
+        for loss in losses:
+            loss.validate_model_compatibility(teacher, student)
+        self._taps = _Taps(
+            teacher=_feature_extractor(
+                teacher, "teacher", [n for l in losses for n in l.teacher_layers()]
+            ),
+            student=_feature_extractor(
+                student, "student", [n for l in losses for n in l.student_layers()]
+            ),
+        )
+        self._check_symbolic_outputs()
+
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.loss_trackers = [keras.metrics.Mean(name=loss.name) for loss in losses]
+        self.distillation_loss_tracker = keras.metrics.Mean(
+            name="distillation_loss"
+        )
+        self.agreement_tracker = (
+            keras.metrics.Mean(name="teacher_agreement")
+            if any(loss.compares_predictions for loss in losses)
+            else None
+        )
+        self.built = True
+
+    def _weight_variable(self, name, value):
+        return self.add_weight(
+            name=name,
+            shape=(),
+            initializer=keras.initializers.Constant(float(value)),
+            trainable=False,
+            dtype="float32",
+        )
+
+    def _check_symbolic_outputs(self):
+        """Runs each loss's output checks on symbolic outputs, when known."""
+        teacher_out = _symbolic_outputs(self.teacher)
+        student_out = _symbolic_outputs(self.student)
+        if teacher_out is None or student_out is None:
+            return  # subclassed models: checked when the step is traced
+        for loss in self.distillation_losses:
+            if loss.teacher_layers() or loss.student_layers():
+                continue
+            pair = loss.prediction_pair(teacher_out, student_out)
+            if pair is not None:
+                loss.validate_outputs(*pair)
+
+    # -- The teacher's variables are never trained ---------------------------
+
+    def _without_teacher(self, trainable, non_trainable):
+        teacher_ids = {id(v) for v in self.teacher.variables}
+        return (
+            [v for v in trainable if id(v) not in teacher_ids],
+            non_trainable + [v for v in trainable if id(v) in teacher_ids],
+        )
+
+    @property
+    def trainable_weights(self):
+        return self._without_teacher(
+            super().trainable_weights, super().non_trainable_weights
+        )[0]
+
+    @property
+    def non_trainable_weights(self):
+        return self._without_teacher(
+            super().trainable_weights, super().non_trainable_weights
+        )[1]
+
+    @property
+    def trainable_variables(self):
+        return self._without_teacher(
+            super().trainable_variables, super().non_trainable_variables
+        )[0]
+
+    @property
+    def non_trainable_variables(self):
+        return self._without_teacher(
+            super().trainable_variables, super().non_trainable_variables
+        )[1]
+
+    # -- Training ------------------------------------------------------------
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Configures training; `loss` is the student's loss on the labels.
+
+        Args:
+            optimizer: the optimizer of the student (and of any trainable
+                part of the losses). Defaults to `"adam"`.
+            loss: the student's supervised loss, or a list or dict of them
+                for a multi-output student. Required unless
+                `student_loss_weight` is 0. Defaults to `None`.
+            metrics: metrics of the student's outputs against the labels.
+            **kwargs: other `keras.Model.compile` arguments
+                (`loss_weights`, `weighted_metrics`, `jit_compile`, ...).
+
+        Raises:
+            ValueError: when `loss` is missing but `student_loss_weight > 0`.
+        """
+        if loss is None and float(self.student_loss_weight.numpy()) > 0:
+            raise ValueError(
+                "compile() got no `loss` for the student, but "
+                f"student_loss_weight is {float(self.student_loss_weight.numpy())}"
+                ". Pass the loss on the labels, e.g. compile(loss=keras.losses."
+                "SparseCategoricalCrossentropy(from_logits=True)), or build the "
+                "Distiller with student_loss_weight=0 to learn from the "
+                "teacher alone."
+            )
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Compiles from a saved compile config (used by `load_model`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def call(self, inputs, training=None):
+        """Runs the student; returns its outputs."""
+        if self._taps.student is None:
+            return self.student(inputs, training=training)
+        outputs, self._taps.student_features = self._taps.student(
+            inputs, training=training
+        )
+        return outputs
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        student_features = self._taps.take_student_features()
+        batch_size = ops.shape(keras.tree.flatten(y_pred)[0])[0]
+
+        # The student's terms come first, before the teacher runs, so that
+        # `self.losses` holds only what the student's forward pass added.
+        student_loss = ops.zeros((), "float32")
+        if self._compile_loss is not None and y is not None:
+            student_loss = ops.cast(
+                self._compile_loss(y, y_pred, sample_weight), "float32"
+            )
+        regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
+
+        teacher_outputs, teacher_features = self._run_teacher(x)
+        distillation_loss = ops.zeros((), "float32")
+        for loss, weight, tracker in zip(
+            self.distillation_losses,
+            self.distillation_loss_weights,
+            self.loss_trackers,
+        ):
+            value = loss.compute_loss(
+                teacher_features if loss.teacher_layers() else teacher_outputs,
+                student_features if loss.student_layers() else y_pred,
+                labels=y,
+                sample_weight=sample_weight,
+            )
+            value = ops.cast(value, "float32")
+            if len(value.shape) != 0:
+                raise ValueError(
+                    f"{type(loss).__name__}.compute_loss returned a tensor of "
+                    f"shape {value.shape}; a distillation loss must return a "
+                    "scalar (reduce it, e.g. with keras.ops.mean)."
+                )
+            tracker.update_state(value, sample_weight=batch_size)
+            distillation_loss = distillation_loss + weight * value
+
+        self._update_agreement(teacher_outputs, y_pred, sample_weight)
+        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
+        self.distillation_loss_tracker.update_state(
+            distillation_loss, sample_weight=batch_size
+        )
+        total = self.student_loss_weight * student_loss + distillation_loss
+        return total + sum(regularization) if regularization else total
+
+    def _run_teacher(self, x):
+        """One teacher pass: its outputs and tapped features, without gradient."""
+        if self._taps.teacher is None:
+            outputs, features = self.teacher(x, training=False), {}
+        else:
+            outputs, features = self._taps.teacher(x, training=False)
+        outputs = keras.tree.map_structure(ops.stop_gradient, outputs)
+        features = keras.tree.map_structure(ops.stop_gradient, features)
+        finite = [
+            ops.all(ops.isfinite(t))
+            for t in keras.tree.flatten((outputs, features))
+        ]
+        nonfinite = 1.0 - ops.cast(ops.all(ops.stack(finite)), "float32")
+        self._teacher_nonfinite.assign(
+            ops.maximum(self._teacher_nonfinite, nonfinite)
+        )
+        return outputs, features
+
+    def _update_agreement(self, teacher_outputs, student_outputs, sample_weight):
+        if self.agreement_tracker is None:
+            return
+        for loss in self.distillation_losses:
+            if loss.teacher_layers() or loss.student_layers():
+                continue
+            pair = loss.prediction_pair(teacher_outputs, student_outputs)
+            if pair is None:
+                continue
+            teacher, student = pair
+            agree = ops.cast(
+                ops.equal(ops.argmax(teacher, -1), ops.argmax(student, -1)),
+                "float32",
+            )
+            weights = combined_weights(agree, sample_weight, get_keras_mask(student))
+            self.agreement_tracker.update_state(agree, sample_weight=weights)
+            return
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        **kwargs,
+    ):
+        """`keras.Model.fit`, also checking that the teacher's outputs are finite.
+
+        The training step sets a flag when the teacher's outputs hold NaN or
+        infinity; it is read after the first batch and at the end of each
+        epoch, and `fit` stops with a `ValueError` saying so instead of
+        training the student on garbage.
+        """
+        callbacks = [*(callbacks or []), _TeacherOutputCheck()]
+        return super().fit(
+            x, y, batch_size, epochs, verbose, callbacks, **kwargs
+        )
+
+    # -- Saving --------------------------------------------------------------
+
+    def export_student(self, filepath, overwrite=False):
+        """Saves the student alone as a `.keras` file.
+
+        The file holds no teacher and no distillation loss: plain
+        `keras.saving.load_model(filepath)` loads it.
+
+        Args:
+            filepath: path ending in `.keras`.
+            overwrite: whether to replace an existing file. Defaults to
+                `False`, so that no file is lost by accident.
+
+        Raises:
+            ValueError: for another extension, or an existing file when
+                `overwrite` is `False`.
+        """
+        filepath = os.fspath(filepath)
+        if not filepath.endswith(".keras"):
+            raise ValueError(
+                f"export_student writes a `.keras` file; received {filepath!r}."
+                " Add the `.keras` extension."
+            )
+        if os.path.exists(filepath) and not overwrite:
+            raise ValueError(
+                f"{filepath!r} exists already. Choose another path, or pass "
+                "overwrite=True to replace it."
+            )
+        self.student.save(filepath)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "distillation_losses": [
+                    keras.saving.serialize_keras_object(loss)
+                    for loss in self.distillation_losses
+                ],
+                "distillation_loss_weights": [
+                    float(w.numpy()) for w in self.distillation_loss_weights
+                ],
+                "student_loss_weight": float(self.student_loss_weight.numpy()),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(
+                config[key], custom_objects=custom_objects
+            )
+        config["distillation_losses"] = [
+            keras.saving.deserialize_keras_object(c, custom_objects=custom_objects)
+            for c in config["distillation_losses"]
+        ]
+        return cls(**config)
+
+
+class _Taps:
+    """Feature extractors sharing the models' layers, kept out of tracking.
+
+    Each extractor is a Functional model over the same layers as its model,
+    returning `(outputs, {layer_name: layer_output})` from one forward pass.
+    Tracking it would save every student weight twice, so the Distiller holds
+    it in this plain object. The student's features travel from `call` to
+    `compute_loss` of the same step here.
+    """
+
+    def __init__(self, teacher, student):
+        self.teacher = teacher
+        self.student = student
+        self.student_features = {}
+
+    def take_student_features(self):
+        features, self.student_features = self.student_features, {}
+        return features
+
+
+class _TeacherOutputCheck(keras.callbacks.Callback):
+    """Stops `fit` with a clear error when the teacher's outputs are not finite."""
+
+    def on_train_begin(self, logs=None):
+        self.model._teacher_nonfinite.assign(0.0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0:
+            self._check("the first batch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(f"epoch {epoch + 1}")
+
+    def _check(self, when):
+        if float(self.model._teacher_nonfinite.numpy()) > 0:
+            raise ValueError(
+                f"The teacher produced NaN or infinite outputs during {when}; "
+                "distilling them would train the student on garbage. Check "
+                "the teacher on a batch of the same data (teacher.predict(x)): "
+                "its weights may be corrupt, or the inputs may need the "
+                "preprocessing the teacher was trained with."
+            )
+
+
+def _check_model(model, role):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"The {role} must be a keras.Model; received an object of type "
+            f"{type(model).__name__}. Wrap layers in keras.Sequential or a "
+            "Functional model."
+        )
+    if not model.built:
+        raise ValueError(
+            f"The {role} {model.name!r} is not built, so its weights do not "
+            f"exist yet. Build it first: call it on a batch ({role}(x)) or "
+            f"call {role}.build(input_shape)."
+        )
+
+
+def _loss_list(distillation_losses):
+    if distillation_losses is None:
+        raise ValueError(
+            "distillation_losses is None; pass a distillation loss such as "
+            "keras_distill.losses.KD(temperature=4.0), or a list of them."
+        )
+    losses = (
+        list(distillation_losses)
+        if isinstance(distillation_losses, (list, tuple))
+        else [distillation_losses]
+    )
+    if not losses:
+        raise ValueError("distillation_losses is empty; pass at least one loss.")
+    for loss in losses:
+        if not isinstance(loss, DistillationLoss):
+            from keras_distill import losses as loss_module
+
+            raise TypeError(
+                f"{loss!r} is not a keras_distill distillation loss. Use one "
+                f"of keras_distill.losses ({', '.join(loss_module.CLASSES)}), "
+                "or subclass keras_distill.DistillationLoss. A Keras loss "
+                "such as 'mse' goes inside FeatureDistillation(loss='mse'); "
+                "the student's own loss goes to compile(loss=...)."
+            )
+    names = [loss.name for loss in losses]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Several distillation losses are named {duplicates}; their values "
+            "are logged by name, so give each a distinct `name=`, e.g. "
+            "KD(name='kd_logits')."
+        )
+    return losses
+
+
+def _check_weight(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number; received {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0; received {value}.")
+
+
+def _loss_weights(weights, count, student_loss_weight):
+    if weights is None:
+        if student_loss_weight > 1:
+            raise ValueError(
+                f"student_loss_weight is {student_loss_weight} > 1, so the "
+                "default distillation weights (1 - student_loss_weight) would "
+                "be negative. Pass distillation_loss_weights explicitly."
+            )
+        return [1.0 - student_loss_weight] * count
+    if isinstance(weights, numbers.Real):
+        weights = [weights]
+    weights = list(weights)
+    if len(weights) != count:
+        raise ValueError(
+            f"Got {len(weights)} distillation_loss_weights for {count} "
+            "distillation_losses; give one weight per loss, in the same order."
+        )
+    for i, weight in enumerate(weights):
+        _check_weight(weight, f"distillation_loss_weights[{i}]")
+    return weights
+
+
+def _symbolic_outputs(model):
+    """The symbolic outputs of a Functional or Sequential model, else `None`."""
+    try:
+        if not model.inputs:
+            return None
+        if isinstance(model, keras.Sequential):
+            return model.outputs[0]
+        return model.output
+    except (AttributeError, ValueError):
+        return None
+
+
+def _feature_extractor(model, role, layer_names):
+    """A Functional model returning `(outputs, {name: feature})`, or `None`."""
+    names = list(dict.fromkeys(layer_names))
+    if not names:
+        return None
+    outputs = _symbolic_outputs(model)
+    if outputs is None:
+        raise ValueError(
+            f"Reading intermediate layers ({names}) needs a Functional or "
+            f"Sequential {role}; {model.name!r} is a subclassed model without "
+            "symbolic inputs. Distil its outputs instead, or build it "
+            "functionally."
+        )
+    available = [layer.name for layer in model.layers]
+    features = {}
+    for name in names:
+        if name not in available:
+            raise ValueError(
+                f"The {role} {model.name!r} has no layer named {name!r}. "
+                f"Available layers: {available}."
+            )
+        features[name] = model.get_layer(name).output
+    return keras.Model(
+        model.inputs, (outputs, features), name=f"{model.name}_with_features"
+    )

@@ -1,0 +1,251 @@
+"""Drop-in replacements for `keras.distillation`'s two loss classes.
+
+They take the same arguments as `keras.distillation.LogitsDistillation` and
+`keras.distillation.FeatureDistillation`, so a script changes only its
+import, but they also honour `sample_weight` and padding masks, and
+`LogitsDistillation` does the knowledge-distillation math Keras's skips:
+with its default `loss="kl_divergence"`, Keras compares the temperature-
+scaled logits without a softmax or the T^2 factor; here the teacher's
+softened probabilities are the targets and the loss is scaled by T^2.
+"""
+
+import keras
+from keras import ops
+
+from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import weighted_mean
+from keras_distill.losses.response import check_class_counts
+from keras_distill.losses.response import kd
+from keras_distill.losses.response import soft_log_probabilities
+from keras_distill._keras_internals import get_keras_mask
+
+
+def _as_loss(identifier):
+    return None if identifier is None else keras.losses.get(identifier)
+
+
+def _per_sample(loss_fn, y_true, y_pred):
+    """Unreduced values of a Keras loss function or `Loss` instance."""
+    if isinstance(loss_fn, keras.losses.Loss):
+        return loss_fn.call(y_true, y_pred)
+    return loss_fn(y_true, y_pred)
+
+
+def _is_kl_divergence(loss_fn):
+    fn = getattr(loss_fn, "fn", loss_fn)  # unwrap `keras.losses.KLDivergence`
+    return fn is keras.losses.kl_divergence
+
+
+class _StructuredLoss(DistillationLoss):
+    """A Keras loss, or a structure of them mirroring the models' outputs."""
+
+    def __init__(self, loss, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.loss = keras.tree.map_structure(_as_loss, loss)
+        if all(fn is None for fn in keras.tree.flatten(self.loss)):
+            raise ValueError(
+                f"{type(self).__name__}: `loss` must hold at least one loss "
+                "that is not None."
+            )
+
+    def _pairs(self, teacher_outputs, student_outputs):
+        """(loss_fn, teacher, student) for each output the loss covers."""
+        if not keras.tree.is_nested(self.loss):
+            return [
+                (
+                    self.loss,
+                    self.select_output(teacher_outputs),
+                    self.select_output(student_outputs),
+                )
+            ]
+        try:
+            keras.tree.assert_same_structure(self.loss, student_outputs)
+            keras.tree.assert_same_structure(self.loss, teacher_outputs)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"{type(self).__name__}: the structure of `loss` "
+                f"({keras.tree.map_structure(lambda _: '.', self.loss)}) must "
+                "match the models' outputs, with None for outputs to skip. "
+                f"{error}"
+            ) from None
+        return [
+            (fn, t, s)
+            for fn, t, s in zip(
+                keras.tree.flatten(self.loss),
+                keras.tree.flatten(teacher_outputs),
+                keras.tree.flatten(student_outputs),
+            )
+            if fn is not None
+        ]
+
+    def compute_loss(
+        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+    ):
+        total = 0.0
+        for loss_fn, teacher, student in self._pairs(
+            teacher_outputs, student_outputs
+        ):
+            self.validate_outputs(teacher, student)
+            values = self._values(loss_fn, teacher, student)
+            total = total + weighted_mean(
+                values, sample_weight, get_keras_mask(student)
+            )
+        return total
+
+    def get_config(self):
+        config = super().get_config()
+        del config["output"]
+        return {**config, "loss": keras.saving.serialize_keras_object(self.loss)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class LogitsDistillation(_StructuredLoss):
+    """`keras.distillation.LogitsDistillation`, with the math of KD.
+
+    For each distilled output, the teacher's softened probabilities
+    `softmax(teacher / T)` are the targets. With the default
+    `"kl_divergence"` the loss is exactly `keras_distill.losses.KD`:
+    `T^2 KL(softmax(teacher / T) || softmax(student / T))`, computed from
+    log-probabilities. Another Keras loss receives those targets and the
+    student's softened probabilities (or the scaled logits `student / T` if
+    the loss was built with `from_logits=True`), and is also scaled by T^2.
+
+    Args:
+        temperature: softmax temperature T > 0, schedulable. Defaults to 3
+            (Keras's default).
+        loss: a Keras loss (name, function or `Loss` instance), or a list or
+            dict of them mirroring the models' outputs, with `None` for
+            outputs not to distil. Defaults to `"kl_divergence"`.
+        name: the loss's name in the logs. Defaults to
+            `"logits_distillation"`.
+
+    Example:
+
+    ```python
+    # was: from keras.distillation import Distiller, LogitsDistillation
+    from keras_distill import Distiller, LogitsDistillation
+
+    distiller = Distiller(teacher, student, LogitsDistillation(temperature=3.0))
+    ```
+    """
+
+    compares_predictions = True
+
+    def __init__(self, temperature=3.0, loss="kl_divergence", name=None, **kwargs):
+        super().__init__(loss=loss, name=name, **kwargs)
+        self.temperature = self._add_temperature(temperature)
+
+    def prediction_pair(self, teacher_outputs, student_outputs):
+        _, teacher, student = self._pairs(teacher_outputs, student_outputs)[0]
+        return teacher, student
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        check_class_counts(self, teacher_outputs, student_outputs)
+
+    def _values(self, loss_fn, teacher, student):
+        if _is_kl_divergence(loss_fn):
+            return kd(teacher, student, self.temperature)
+        targets = ops.exp(soft_log_probabilities(teacher, self.temperature))
+        if getattr(loss_fn, "from_logits", False) or getattr(
+            loss_fn, "_fn_kwargs", {}
+        ).get("from_logits", False):
+            predictions = ops.cast(student, "float32") / self.temperature
+        else:
+            predictions = ops.exp(
+                soft_log_probabilities(student, self.temperature)
+            )
+        values = _per_sample(loss_fn, targets, predictions)
+        return values * ops.square(ops.cast(self.temperature, "float32"))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "temperature": float(self.temperature.numpy()),
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class FeatureDistillation(_StructuredLoss):
+    """`keras.distillation.FeatureDistillation`: a loss between features.
+
+    Compares the teacher's and the student's outputs, or the outputs of the
+    named layers, with a Keras loss (`"mse"` by default), honouring
+    `sample_weight` and padding masks. The features must have the same
+    shape.
+
+    Args:
+        loss: a Keras loss, or a structure of them mirroring the outputs,
+            `None` to skip one. Defaults to `"mse"`.
+        teacher_layer_name: name of the teacher layer whose output to use;
+            `None` for the model's outputs. Defaults to `None`.
+        student_layer_name: the same for the student. Defaults to `None`.
+        name: the loss's name in the logs. Defaults to
+            `"feature_distillation"`.
+
+    Example:
+
+    ```python
+    FeatureDistillation(
+        loss="mse", teacher_layer_name="hidden", student_layer_name="hidden"
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        loss="mse",
+        teacher_layer_name=None,
+        student_layer_name=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(loss=loss, name=name, **kwargs)
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+
+    def teacher_layers(self):
+        return () if self.teacher_layer_name is None else (self.teacher_layer_name,)
+
+    def student_layers(self):
+        return () if self.student_layer_name is None else (self.student_layer_name,)
+
+    def compute_loss(
+        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+    ):
+        if self.teacher_layer_name is not None:
+            teacher_outputs = teacher_outputs[self.teacher_layer_name]
+        if self.student_layer_name is not None:
+            student_outputs = student_outputs[self.student_layer_name]
+        return super().compute_loss(
+            teacher_outputs, student_outputs, labels, sample_weight
+        )
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        t_shape, s_shape = tuple(teacher_outputs.shape), tuple(student_outputs.shape)
+        if len(t_shape) != len(s_shape) or any(
+            t is not None and s is not None and t != s
+            for t, s in zip(t_shape[1:], s_shape[1:])
+        ):
+            raise ValueError(
+                f"FeatureDistillation compares features of equal shape, but "
+                f"the teacher's are {t_shape} and the student's {s_shape}. "
+                "Choose layers whose outputs have the same shape."
+            )
+
+    def _values(self, loss_fn, teacher, student):
+        return _per_sample(
+            loss_fn, ops.cast(teacher, "float32"), ops.cast(student, "float32")
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "teacher_layer_name": self.teacher_layer_name,
+            "student_layer_name": self.student_layer_name,
+        }

@@ -1,0 +1,462 @@
+"""Response-based distillation: losses on the models' class scores.
+
+Each method is a pure `keras.ops` function and a serializable
+`DistillationLoss` class around it. All compute in float32 from
+log-probabilities (`log_softmax`), so large logits neither overflow nor
+underflow, and scale by T^2 so that gradient magnitudes do not shrink as the
+temperature grows (Hinton et al. 2015, section 2).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import combined_weights
+from keras_distill.losses.base import weighted_mean
+from keras_distill._keras_internals import get_keras_mask
+
+DIVERGENCES = ("forward", "reverse", "js")
+_PROBABILITY_FLOOR = 1e-12
+_EXCLUDED_LOGIT = -1e9
+
+
+def soft_log_probabilities(scores, temperature=1.0, from_logits=True):
+    """Temperature-softened log-probabilities, in float32.
+
+    Args:
+        scores: logits, or probabilities when `from_logits=False`, with the
+            classes on the last axis.
+        temperature: the softmax temperature T > 0. Defaults to 1.
+        from_logits: whether `scores` are logits. Probabilities (from a
+            black-box teacher, say) are softened as `p^(1/T)` renormalised,
+            which is what `softmax(logits / T)` gives for any logits of `p`.
+            Defaults to `True`.
+
+    Returns:
+        `log_softmax(scores / T)`, of the shape of `scores`.
+    """
+    scores = ops.cast(scores, "float32")
+    if not from_logits:
+        scores = ops.log(ops.maximum(scores, _PROBABILITY_FLOOR))
+    return ops.log_softmax(scores / ops.cast(temperature, "float32"), axis=-1)
+
+
+def _kl(log_p, log_q):
+    """KL(p || q) over the last axis, with 0 log 0 = 0."""
+    p = ops.exp(log_p)
+    return ops.sum(ops.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def kd(
+    teacher_logits,
+    student_logits,
+    temperature=1.0,
+    divergence="forward",
+    teacher_from_logits=True,
+    student_from_logits=True,
+):
+    """Knowledge-distillation divergence per sample (Hinton et al. 2015).
+
+    With p = softmax(teacher / T) and q = softmax(student / T):
+
+    - `"forward"`: T^2 KL(p || q), Hinton's soft-target loss. At T = 1 it is
+      the soft-target cross-entropy minus the teacher's entropy, which does
+      not depend on the student, so the gradients are the same.
+    - `"reverse"`: T^2 KL(q || p), mode-seeking; MiniLLM (Gu et al. 2024)
+      argues for it when a small generative student cannot cover every mode
+      of its teacher.
+    - `"js"`: T^2 JS(p, q) = T^2 (KL(p || m) + KL(q || m)) / 2 with
+      m = (p + q) / 2; symmetric and bounded by T^2 log 2.
+
+    Args:
+        teacher_logits: teacher scores, shape `(B, ..., C)`.
+        student_logits: student scores, shape `(B, ..., C)`.
+        temperature: softmax temperature T > 0. Defaults to 1.
+        divergence: `"forward"`, `"reverse"` or `"js"`. Defaults to
+            `"forward"`.
+        teacher_from_logits: `False` when the teacher gives probabilities.
+            Defaults to `True`.
+        student_from_logits: `False` when the student ends in a softmax.
+            Defaults to `True`.
+
+    Returns:
+        A float32 tensor of shape `(B, ...)`.
+
+    Reference:
+        Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
+        Network", 2015.
+    """
+    check_divergence(divergence)
+    log_p = soft_log_probabilities(teacher_logits, temperature, teacher_from_logits)
+    log_q = soft_log_probabilities(student_logits, temperature, student_from_logits)
+    if divergence == "forward":
+        value = _kl(log_p, log_q)
+    elif divergence == "reverse":
+        value = _kl(log_q, log_p)
+    else:
+        log_m = ops.logaddexp(log_p, log_q) - math.log(2.0)
+        value = 0.5 * (_kl(log_p, log_m) + _kl(log_q, log_m))
+    return value * ops.square(ops.cast(temperature, "float32"))
+
+
+def dkd(
+    teacher_logits,
+    student_logits,
+    labels,
+    alpha=1.0,
+    beta=8.0,
+    temperature=4.0,
+):
+    """Decoupled knowledge distillation per sample (Zhao et al. 2022).
+
+    Splits KD into target-class KD (TCKD: KL between the binary
+    target/non-target distributions) and non-target-class KD (NCKD: KL between
+    the distributions over the non-target classes alone), and weighs them
+    independently: `T^2 (alpha TCKD + beta NCKD)`. Classic KD is
+    `TCKD + (1 - p_target) NCKD`.
+
+    Args:
+        teacher_logits: teacher logits, shape `(B, ..., C)`.
+        student_logits: student logits, shape `(B, ..., C)`.
+        labels: the true classes, as integer indices of shape `(B, ...)` or
+            `(B, ..., 1)`, or as one-hot / probability rows `(B, ..., C)`.
+        alpha: weight of TCKD. Defaults to 1.
+        beta: weight of NCKD. Defaults to 8 (the paper's CIFAR-100 value).
+        temperature: softmax temperature. Defaults to 4.
+
+    Returns:
+        A float32 tensor of shape `(B, ...)`.
+
+    Reference:
+        Zhao, Cui, Song, Qiu and Liang, "Decoupled Knowledge Distillation",
+        CVPR 2022.
+    """
+    t = ops.cast(temperature, "float32")
+    num_classes = student_logits.shape[-1]
+    target = _one_hot_targets(labels, num_classes, len(student_logits.shape))
+    log_p_t = soft_log_probabilities(teacher_logits, t)
+    log_p_s = soft_log_probabilities(student_logits, t)
+
+    def binary(log_p):
+        log_target = ops.sum(log_p * target, axis=-1)
+        log_other = ops.logsumexp(
+            ops.where(target > 0, _EXCLUDED_LOGIT, log_p), axis=-1
+        )
+        return ops.stack([log_target, log_other], axis=-1)
+
+    tckd = _kl(binary(log_p_t), binary(log_p_s))
+    # Dropping the target logit and renormalising gives the non-target
+    # distribution; the log-probabilities computed above share that shift.
+    nckd = _kl(
+        ops.log_softmax(ops.where(target > 0, _EXCLUDED_LOGIT, log_p_t), -1),
+        ops.log_softmax(ops.where(target > 0, _EXCLUDED_LOGIT, log_p_s), -1),
+    )
+    return ops.square(t) * (alpha * tckd + beta * nckd)
+
+
+def _one_hot_targets(labels, num_classes, logits_rank):
+    if labels is None:
+        raise ValueError(
+            "DKD needs the true labels: pass `y` to `fit` (DKD separates the "
+            "target class from the others)."
+        )
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == logits_rank and labels.shape[-1] == num_classes:
+        if num_classes != 1:
+            labels = ops.argmax(labels, axis=-1)
+    if len(labels.shape) == logits_rank:
+        labels = ops.squeeze(labels, axis=-1)
+    return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+
+
+def _pearson(x, y, weights, axis):
+    """Weighted Pearson correlation of `x` and `y` along `axis`."""
+    def centre(v):
+        return v - ops.sum(v * weights, axis=axis, keepdims=True) / ops.sum(
+            weights, axis=axis, keepdims=True
+        )
+
+    x, y = centre(x), centre(y)
+    covariance = ops.sum(weights * x * y, axis=axis)
+    # Clip before the square root: its gradient at 0 is infinite, and a
+    # constant row or column (a dead student unit) must not make it NaN.
+    scale = ops.sqrt(
+        ops.maximum(
+            ops.sum(weights * x * x, axis=axis) * ops.sum(weights * y * y, axis=axis),
+            1e-16,
+        )
+    )
+    return covariance / scale
+
+
+def dist(
+    teacher_logits,
+    student_logits,
+    beta=1.0,
+    gamma=1.0,
+    temperature=1.0,
+    sample_weight=None,
+    mask=None,
+):
+    """DIST: distillation from a stronger teacher (Huang et al. 2022).
+
+    Matches relations rather than exact probabilities. With
+    p = softmax(teacher / T) and q = softmax(student / T):
+
+    - inter-class: `1 - pearson(q_i, p_i)` over the classes of each sample i,
+      averaged over samples;
+    - intra-class: `1 - pearson(q[:, c], p[:, c])` over the samples of the
+      batch for each class c, averaged over classes.
+
+    The loss is `T^2 (beta inter + gamma intra)`. The intra-class term is a
+    property of the whole batch: `sample_weight` weighs each sample in the
+    class-wise correlations (a zero weight removes it), and padded positions
+    (`mask` False) take no part in either term.
+
+    Args:
+        teacher_logits: teacher logits, shape `(B, ..., C)`.
+        student_logits: student logits, shape `(B, ..., C)`.
+        beta: weight of the inter-class term. Defaults to 1.
+        gamma: weight of the intra-class term. Defaults to 1.
+        temperature: softmax temperature. Defaults to 1.
+        sample_weight: optional weights of shape `(B,)` or `(B, ...)`.
+            Defaults to `None`.
+        mask: optional boolean mask of shape `(B, ...)`. Defaults to `None`.
+
+    Returns:
+        A float32 scalar.
+
+    Reference:
+        Huang, You, Wang, Qian and Xu, "Knowledge Distillation from A
+        Stronger Teacher", NeurIPS 2022.
+    """
+    t = ops.cast(temperature, "float32")
+    num_classes = student_logits.shape[-1]
+    p = ops.exp(soft_log_probabilities(teacher_logits, t))
+    q = ops.exp(soft_log_probabilities(student_logits, t))
+    inter = weighted_mean(
+        1.0 - _pearson(q, p, ops.ones_like(p), axis=-1), sample_weight, mask
+    )
+    weights = combined_weights(p[..., 0], sample_weight, mask)
+    if weights is None:
+        weights = ops.ones_like(p[..., 0])
+    intra = 1.0 - ops.mean(
+        _pearson(
+            ops.reshape(q, (-1, num_classes)),
+            ops.reshape(p, (-1, num_classes)),
+            ops.reshape(weights, (-1, 1)),
+            axis=0,
+        )
+    )
+    return ops.square(t) * (beta * inter + gamma * intra)
+
+
+def check_divergence(divergence):
+    if divergence not in DIVERGENCES:
+        raise ValueError(
+            f"Unknown divergence {divergence!r}; use one of {DIVERGENCES}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class KD(DistillationLoss):
+    """Hinton knowledge distillation on softened class probabilities.
+
+    `T^2 KL(softmax(teacher / T) || softmax(student / T))` per sample (or the
+    reverse KL or Jensen-Shannon divergence), averaged with `sample_weight`
+    and padding masks. See `keras_distill.losses.kd` for the formulas.
+
+    Args:
+        temperature: softmax temperature T > 0, held in a non-trainable
+            variable that `TemperatureScheduler` can change. Defaults to 4.
+        divergence: `"forward"` (Hinton), `"reverse"` (mode-seeking) or
+            `"js"`. Defaults to `"forward"`.
+        teacher_from_logits: `False` for a teacher that gives probabilities
+            (a black-box API). Defaults to `True`.
+        student_from_logits: `False` for a student ending in a softmax.
+            Defaults to `True`.
+        output: the output to distil in multi-output models. Defaults to
+            `None` (the only output).
+        name: the loss's name in the logs. Defaults to `"kd"`.
+
+    Example:
+
+    ```python
+    distiller = keras_distill.Distiller(
+        teacher, student, keras_distill.losses.KD(temperature=4.0)
+    )
+    ```
+
+    Reference:
+        Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
+        Network", 2015.
+    """
+
+    compares_predictions = True
+
+    def __init__(
+        self,
+        temperature=4.0,
+        divergence="forward",
+        teacher_from_logits=True,
+        student_from_logits=True,
+        output=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(output=output, name=name, **kwargs)
+        check_divergence(divergence)
+        self.temperature = self._add_temperature(temperature)
+        self.divergence = divergence
+        self.teacher_from_logits = teacher_from_logits
+        self.student_from_logits = student_from_logits
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        check_class_counts(self, teacher_outputs, student_outputs)
+
+    def per_sample(self, teacher, student, labels=None):
+        return kd(
+            teacher,
+            student,
+            self.temperature,
+            self.divergence,
+            self.teacher_from_logits,
+            self.student_from_logits,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "temperature": float(self.temperature.numpy()),
+            "divergence": self.divergence,
+            "teacher_from_logits": self.teacher_from_logits,
+            "student_from_logits": self.student_from_logits,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class DKD(DistillationLoss):
+    """Decoupled knowledge distillation (target and non-target parts).
+
+    `T^2 (alpha TCKD + beta NCKD)` per sample; needs the true labels. The
+    paper warms the loss up linearly over the first epochs: schedule this
+    loss's weight with `keras_distill.callbacks.LossWeightScheduler`.
+
+    Args:
+        alpha: weight of target-class KD. Defaults to 1.
+        beta: weight of non-target-class KD. Defaults to 8.
+        temperature: softmax temperature, schedulable. Defaults to 4.
+        output: the output to distil in multi-output models. Defaults to
+            `None`.
+        name: the loss's name in the logs. Defaults to `"dkd"`.
+
+    Example:
+
+    ```python
+    dkd = keras_distill.losses.DKD(alpha=1.0, beta=8.0, temperature=4.0)
+    warm_up = keras_distill.callbacks.LossWeightScheduler(
+        lambda epoch: min(1.0, (epoch + 1) / 20), loss="dkd"
+    )
+    ```
+
+    Reference:
+        Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
+    """
+
+    compares_predictions = True
+
+    def __init__(
+        self, alpha=1.0, beta=8.0, temperature=4.0, output=None, name=None, **kwargs
+    ):
+        super().__init__(output=output, name=name, **kwargs)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.temperature = self._add_temperature(temperature)
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        check_class_counts(self, teacher_outputs, student_outputs)
+
+    def per_sample(self, teacher, student, labels=None):
+        return dkd(teacher, student, labels, self.alpha, self.beta, self.temperature)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "temperature": float(self.temperature.numpy()),
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class DIST(DistillationLoss):
+    """DIST: inter- and intra-class Pearson correlation matching.
+
+    Relaxes exact probability matching to matching the teacher's relations,
+    which helps when the teacher is much stronger than the student. See
+    `keras_distill.losses.dist`.
+
+    Args:
+        beta: weight of the inter-class term. Defaults to 1.
+        gamma: weight of the intra-class term. Defaults to 1.
+        temperature: softmax temperature, schedulable. Defaults to 1.
+        output: the output to distil in multi-output models. Defaults to
+            `None`.
+        name: the loss's name in the logs. Defaults to `"dist"`.
+
+    Reference:
+        Huang et al., "Knowledge Distillation from A Stronger Teacher",
+        NeurIPS 2022.
+    """
+
+    compares_predictions = True
+
+    def __init__(
+        self, beta=1.0, gamma=1.0, temperature=1.0, output=None, name=None, **kwargs
+    ):
+        super().__init__(output=output, name=name, **kwargs)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.temperature = self._add_temperature(temperature)
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        check_class_counts(self, teacher_outputs, student_outputs)
+
+    def compute_loss(
+        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+    ):
+        teacher = self.select_output(teacher_outputs)
+        student = self.select_output(student_outputs)
+        self.validate_outputs(teacher, student)
+        return dist(
+            teacher,
+            student,
+            self.beta,
+            self.gamma,
+            self.temperature,
+            sample_weight,
+            get_keras_mask(student),
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "temperature": float(self.temperature.numpy()),
+        }
+
+
+def check_class_counts(loss, teacher, student):
+    """Raises a clear error when teacher and student score different classes."""
+    t_classes, s_classes = teacher.shape[-1], student.shape[-1]
+    if t_classes is not None and s_classes is not None and t_classes != s_classes:
+        raise ValueError(
+            f"{type(loss).__name__} compares class scores, but the teacher "
+            f"gives {t_classes} per sample (shape {tuple(teacher.shape)}) and "
+            f"the student {s_classes} (shape {tuple(student.shape)}). Give "
+            f"the student an output layer with {t_classes} units, or pick "
+            "matching outputs with `output=`."
+        )
