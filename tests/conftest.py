@@ -1,0 +1,47 @@
+"""Shared test set-up: the backend under test and small models.
+
+The suite runs once per backend, chosen by KERAS_BACKEND; it refuses to run
+on an unset or unknown backend rather than silently testing the default.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+BACKENDS = ("tensorflow", "jax", "torch")
+if os.environ.get("KERAS_BACKEND") not in BACKENDS:
+    raise pytest.UsageError(
+        f"Set KERAS_BACKEND to one of {BACKENDS} (e.g. KERAS_BACKEND=jax "
+        "pytest); the suite runs once per backend."
+    )
+
+import keras  # noqa: E402  (after the backend check)
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend {keras.backend.backend()}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+
+
+def mlp(width, num_classes=3, input_dim=8, name=None, dropout=0.0):
+    """A small Sequential classifier returning logits."""
+    layers = [
+        keras.Input((input_dim,)),
+        keras.layers.Dense(width, activation="relu", name="hidden"),
+    ]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(num_classes, name="logits"))
+    return keras.Sequential(layers, name=name)
+
+
+def classification_data(n=64, input_dim=8, num_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, input_dim)).astype("float32")
+    y = rng.integers(0, num_classes, n)
+    return x, y

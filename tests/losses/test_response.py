@@ -1,0 +1,665 @@
+"""Tests of the response-based losses: `kd`, `dkd`, `dist` and their classes.
+
+Every value is checked against an independent float64 NumPy reference written
+below from the papers' formulas (not from the library's code), and a few
+against literal numbers computed once with that reference.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_distill.losses import DIST
+from keras_distill.losses import DKD
+from keras_distill.losses import KD
+from keras_distill.losses import dist
+from keras_distill.losses import dkd
+from keras_distill.losses import kd
+
+# ---------------------------------------------------------------------------
+# NumPy reference implementations (float64)
+# ---------------------------------------------------------------------------
+
+
+def np_log_softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def np_softmax(x, axis=-1):
+    return np.exp(np_log_softmax(x, axis))
+
+
+def np_kl(p, q):
+    """KL(p || q) over the last axis, with 0 log 0 = 0."""
+    p = np.asarray(p, np.float64)
+    q = np.asarray(q, np.float64)
+    support = p > 0
+    log_ratio = np.log(np.where(support, p, 1.0)) - np.log(np.where(support, q, 1.0))
+    return np.sum(np.where(support, p * log_ratio, 0.0), axis=-1)
+
+
+def ref_kd(teacher, student, temperature=1.0, divergence="forward"):
+    """T^2 KL(p||q), T^2 KL(q||p) or T^2 JS(p, q), per sample."""
+    p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+    q = np_softmax(np.asarray(student, np.float64) / temperature)
+    if divergence == "forward":
+        value = np_kl(p, q)
+    elif divergence == "reverse":
+        value = np_kl(q, p)
+    else:
+        m = (p + q) / 2.0
+        value = 0.5 * (np_kl(p, m) + np_kl(q, m))
+    return temperature**2 * value
+
+
+def ref_tckd_nckd(teacher, student, labels, temperature):
+    """Zhao et al. 2022: (TCKD, NCKD, teacher's target probability), no T^2."""
+    p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+    q = np_softmax(np.asarray(student, np.float64) / temperature)
+    target = np.eye(p.shape[-1])[np.asarray(labels)] > 0
+    p_target = np.where(target, p, 0.0).sum(-1)
+    q_target = np.where(target, q, 0.0).sum(-1)
+    tckd = np_kl(
+        np.stack([p_target, 1 - p_target], -1),
+        np.stack([q_target, 1 - q_target], -1),
+    )
+    p_rest = np.where(target, 0.0, p)
+    q_rest = np.where(target, 0.0, q)
+    nckd = np_kl(
+        p_rest / p_rest.sum(-1, keepdims=True),
+        q_rest / q_rest.sum(-1, keepdims=True),
+    )
+    return tckd, nckd, p_target
+
+
+def ref_dkd(teacher, student, labels, alpha=1.0, beta=8.0, temperature=4.0):
+    tckd, nckd, _ = ref_tckd_nckd(teacher, student, labels, temperature)
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def np_pearson(x, y, axis, weights=None):
+    """(Weighted) Pearson correlation of x and y along `axis`."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    w = np.ones_like(x) if weights is None else np.broadcast_to(weights, x.shape)
+    xc = x - (w * x).sum(axis, keepdims=True) / w.sum(axis, keepdims=True)
+    yc = y - (w * y).sum(axis, keepdims=True) / w.sum(axis, keepdims=True)
+    return (w * xc * yc).sum(axis) / np.sqrt(
+        (w * xc * xc).sum(axis) * (w * yc * yc).sum(axis)
+    )
+
+
+def ref_dist(teacher, student, beta=1.0, gamma=1.0, temperature=1.0, weights=None):
+    """Huang et al. 2022 on 2-D (B, C) scores.
+
+    `weights` (B,) weighs samples: inter = sum_i w_i (1 - r_i) / B, and the
+    class-wise correlations use weighted means and moments.
+    """
+    p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+    q = np_softmax(np.asarray(student, np.float64) / temperature)
+    n = p.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    inter = np.sum(w * (1.0 - np_pearson(q, p, axis=-1))) / n
+    intra = np.mean(1.0 - np_pearson(q, p, axis=0, weights=w[:, None]))
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+DIVERGENCES = ("forward", "reverse", "js")
+
+# A small fixed input for the literal-value tests (3 samples, 4 classes).
+T_FIXED = [[1.0, 2.0, 0.5, -1.0], [-1.0, 0.0, 3.0, 0.5], [0.25, -0.5, 1.5, 2.0]]
+S_FIXED = [[0.5, 1.5, 1.0, 0.0], [0.0, -0.5, 2.0, 1.0], [1.0, 0.0, -1.0, 0.5]]
+LABELS_FIXED = [1, 2, 3]
+
+
+def to_np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
+
+
+def logits(shape, seed, scale=2.0):
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype("float32")
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(to_np(actual), expected, rtol=rtol, atol=atol)
+
+
+def grad_wrt(fn, x):
+    """d fn(x) / dx as a NumPy array, with the backend's autodiff."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return tape.gradient(value, x).numpy()
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    fn(x).backward()
+    return x.grad.detach().cpu().numpy()
+
+
+def padded_student(vocab=6, classes=4, seed=0):
+    """Student logits with a Keras padding mask, and the mask as NumPy."""
+    tokens = np.array([[1, 2, 3, 0, 0], [4, 5, 1, 2, 0], [3, 0, 0, 0, 0]], "int32")
+    model = keras.Sequential(
+        [
+            keras.Input((tokens.shape[1],), dtype="int32"),
+            keras.layers.Embedding(
+                vocab,
+                classes,
+                mask_zero=True,
+                embeddings_initializer=keras.initializers.RandomNormal(
+                    stddev=1.5, seed=seed
+                ),
+            ),
+        ]
+    )
+    return model(tokens), tokens != 0
+
+
+# ---------------------------------------------------------------------------
+# Functions against the reference
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_kd_matches_reference(divergence, temperature):
+    t, s = logits((6, 5), 1), logits((6, 5), 2)
+    value = kd(t, s, temperature=temperature, divergence=divergence)
+    assert tuple(value.shape) == (6,)
+    assert_close(value, ref_kd(t, s, temperature, divergence))
+
+
+def test_kd_matches_reference_on_sequences():
+    t, s = logits((2, 3, 5), 3), logits((2, 3, 5), 4)
+    value = kd(t, s, temperature=2.0)
+    assert tuple(value.shape) == (2, 3)
+    assert_close(value, ref_kd(t, s, 2.0))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_dkd_matches_reference(temperature):
+    t, s = logits((6, 5), 5), logits((6, 5), 6)
+    labels = np.array([0, 1, 2, 3, 4, 2])
+    value = dkd(t, s, labels, alpha=0.5, beta=3.0, temperature=temperature)
+    assert tuple(value.shape) == (6,)
+    assert_close(value, ref_dkd(t, s, labels, 0.5, 3.0, temperature))
+
+
+def test_dkd_matches_reference_on_sequences():
+    t, s = logits((2, 3, 4), 7), logits((2, 3, 4), 8)
+    labels = np.array([[0, 1, 3], [2, 2, 1]])
+    value = dkd(t, s, labels, alpha=1.0, beta=2.0, temperature=2.0)
+    assert tuple(value.shape) == (2, 3)
+    assert_close(value, ref_dkd(t, s, labels, 1.0, 2.0, 2.0))
+
+
+@pytest.mark.parametrize("beta,gamma,temperature", [(1.0, 1.0, 1.0), (2.0, 0.5, 3.0)])
+def test_dist_matches_reference(beta, gamma, temperature):
+    t, s = logits((8, 5), 9), logits((8, 5), 10)
+    value = dist(t, s, beta=beta, gamma=gamma, temperature=temperature)
+    assert tuple(value.shape) == ()
+    assert_close(value, ref_dist(t, s, beta, gamma, temperature))
+
+
+def test_dist_terms_match_reference_separately():
+    t, s = logits((8, 5), 11), logits((8, 5), 12)
+    assert_close(dist(t, s, beta=1.0, gamma=0.0), ref_dist(t, s, 1.0, 0.0))
+    assert_close(dist(t, s, beta=0.0, gamma=1.0), ref_dist(t, s, 0.0, 1.0))
+
+
+# ---------------------------------------------------------------------------
+# Literal values (computed once with the NumPy reference above, float64, on
+# T_FIXED / S_FIXED / LABELS_FIXED, and pasted here)
+# ---------------------------------------------------------------------------
+
+# ref_kd(T_FIXED, S_FIXED, 2.0, divergence) per sample.
+KD_LITERALS = {
+    "forward": [0.16373001069913778, 0.2849458415640721, 0.8246158498856175],
+    "reverse": [0.17603836274578494, 0.31018566194226666, 0.8338736716410649],
+    "js": [0.04219703239729986, 0.07360496627721032, 0.20255748363585185],
+}
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_kd_literal_values(divergence):
+    t = np.array(T_FIXED, "float32")
+    s = np.array(S_FIXED, "float32")
+    expected = KD_LITERALS[divergence]
+    assert_close(kd(t, s, 2.0, divergence), expected)
+    loss = KD(temperature=2.0, divergence=divergence)
+    assert_close(loss.compute_loss(t, s), np.mean(expected))
+
+
+def test_dkd_literal_values():
+    t = np.array(T_FIXED, "float32")
+    s = np.array(S_FIXED, "float32")
+    # ref_dkd(T_FIXED, S_FIXED, [1, 2, 3], alpha=1, beta=8, temperature=4).
+    expected = [1.5882393807321225, 1.6504225663277392, 9.23631120575371]
+    assert_close(dkd(t, s, np.array(LABELS_FIXED), 1.0, 8.0, 4.0), expected)
+    loss = DKD(alpha=1.0, beta=8.0, temperature=4.0)
+    value = loss.compute_loss(t, s, labels=np.array(LABELS_FIXED))
+    assert_close(value, 4.15832438427119)
+
+
+def test_dist_literal_values():
+    t = np.array(T_FIXED, "float32")
+    s = np.array(S_FIXED, "float32")
+    # ref_dist(T_FIXED, S_FIXED) and ref_dist(..., beta=2, gamma=0.5, T=2).
+    assert_close(dist(t, s), 0.7922166915822855)
+    assert_close(DIST().compute_loss(t, s), 0.7922166915822855)
+    assert_close(
+        DIST(beta=2.0, gamma=0.5, temperature=2.0).compute_loss(t, s),
+        4.367684994528155,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Equivalences and properties
+# ---------------------------------------------------------------------------
+
+
+def test_kd_forward_at_t1_is_cross_entropy_minus_teacher_entropy():
+    t, s = logits((5, 4), 13), logits((5, 4), 14)
+    p = np_softmax(t)
+    cross_entropy = to_np(
+        keras.losses.categorical_crossentropy(p.astype("float32"), s, from_logits=True)
+    )
+    teacher_entropy = -np.sum(p * np.log(p), axis=-1)
+    assert_close(kd(t, s, temperature=1.0), cross_entropy - teacher_entropy)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_probability_inputs_equal_logit_inputs(temperature, divergence):
+    t, s = logits((5, 4), 15), logits((5, 4), 16)
+    expected = to_np(kd(t, s, temperature, divergence))
+    teacher_probs = np_softmax(t).astype("float32")
+    student_probs = np_softmax(s).astype("float32")
+    assert_close(
+        kd(t, s, temperature, divergence),
+        ref_kd(t, s, temperature, divergence),
+    )
+    assert_close(
+        kd(teacher_probs, s, temperature, divergence, teacher_from_logits=False),
+        expected,
+    )
+    assert_close(
+        kd(t, student_probs, temperature, divergence, student_from_logits=False),
+        expected,
+    )
+    loss = KD(temperature, divergence, teacher_from_logits=False)
+    assert_close(loss.compute_loss(teacher_probs, s), expected.mean())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_dkd_decomposes_kd(temperature):
+    """Zhao et al. eq. (1): KD = TCKD + (1 - p^T_target) NCKD (no T^2)."""
+    t, s = logits((6, 5), 17), logits((6, 5), 18)
+    labels = np.array([0, 4, 2, 2, 1, 3])
+    t2 = temperature**2
+    tckd = to_np(dkd(t, s, labels, alpha=1.0, beta=0.0, temperature=temperature)) / t2
+    nckd = to_np(dkd(t, s, labels, alpha=0.0, beta=1.0, temperature=temperature)) / t2
+    p_target = np_softmax(t / temperature)[np.arange(6), labels]
+    kd_value = to_np(kd(t, s, temperature=temperature)) / t2
+    np.testing.assert_allclose(kd_value, tckd + (1 - p_target) * nckd, rtol=1e-5, atol=1e-6)
+    ref_tckd, ref_nckd, _ = ref_tckd_nckd(t, s, labels, temperature)
+    np.testing.assert_allclose(tckd, ref_tckd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(nckd, ref_nckd, rtol=1e-5, atol=1e-6)
+
+
+def test_js_is_symmetric_and_bounded():
+    t, s = logits((6, 5), 19), logits((6, 5), 20)
+    temperature = 2.0
+    forward = to_np(kd(t, s, temperature, "js"))
+    backward = to_np(kd(s, t, temperature, "js"))
+    np.testing.assert_allclose(forward, backward, rtol=1e-5, atol=1e-6)
+    bound = temperature**2 * math.log(2.0)
+    assert np.all(forward <= bound + 1e-5)
+    # Disjoint near-one-hot distributions approach the bound.
+    far_t = np.array([[60.0, -60.0, -60.0]], "float32")
+    far_s = np.array([[-60.0, 60.0, -60.0]], "float32")
+    extreme = to_np(kd(far_t, far_s, temperature, "js"))
+    assert np.all(extreme <= bound + 1e-5)
+    np.testing.assert_allclose(extreme, [bound], rtol=1e-4)
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_kd_is_zero_when_student_equals_teacher(divergence):
+    t = logits((5, 4), 21, scale=5.0)
+    np.testing.assert_allclose(to_np(kd(t, t, 3.0, divergence)), 0.0, atol=1e-6)
+    # Shifting logits by a constant does not change the softmax.
+    np.testing.assert_allclose(
+        to_np(kd(t, t + 7.0, 3.0, divergence)), 0.0, atol=1e-5
+    )
+    # ...while a real difference gives a strictly positive value.
+    assert np.all(to_np(kd(t, logits((5, 4), 22), 3.0, divergence)) > 1e-4)
+
+
+def test_dist_is_zero_when_student_equals_teacher():
+    t = logits((8, 5), 23)
+    np.testing.assert_allclose(to_np(dist(t, t, temperature=2.0)), 0.0, atol=1e-5)
+    assert to_np(dist(t, logits((8, 5), 24))) > 1e-2
+
+
+def test_dkd_label_formats_agree():
+    t, s = logits((6, 4), 25), logits((6, 4), 26)
+    sparse = np.array([0, 3, 1, 2, 2, 1])
+    expected = ref_dkd(t, s, sparse, 1.0, 8.0, 4.0)
+    for labels in (sparse, sparse.reshape(6, 1), np.eye(4, dtype="float32")[sparse]):
+        assert_close(dkd(t, s, labels, 1.0, 8.0, 4.0), expected)
+        assert_close(
+            DKD().compute_loss(t, s, labels=labels), expected.mean()
+        )
+
+
+def test_dkd_sequence_label_formats_agree():
+    t, s = logits((2, 3, 4), 27), logits((2, 3, 4), 28)
+    sparse = np.array([[0, 3, 1], [2, 2, 1]])
+    expected = ref_dkd(t, s, sparse, 1.0, 8.0, 4.0)
+    for labels in (sparse, sparse[..., None], np.eye(4, dtype="float32")[sparse]):
+        assert_close(dkd(t, s, labels, 1.0, 8.0, 4.0), expected)
+
+
+def test_dkd_without_labels_raises():
+    t = logits((3, 4), 29)
+    with pytest.raises(ValueError, match="labels"):
+        DKD().compute_loss(t, t)
+
+
+# ---------------------------------------------------------------------------
+# Class API
+# ---------------------------------------------------------------------------
+
+
+def test_class_values_are_weighted_means_of_function_values():
+    t, s = logits((5, 4), 30), logits((5, 4), 31)
+    labels = np.array([0, 1, 2, 3, 0])
+    w = np.array([0.5, 2.0, 1.0, 0.0, 3.0], "float32")
+    cases = [
+        (KD(temperature=2.0), ref_kd(t, s, 2.0), None),
+        (KD(temperature=2.0, divergence="js"), ref_kd(t, s, 2.0, "js"), None),
+        (DKD(alpha=2.0, beta=4.0, temperature=3.0), ref_dkd(t, s, labels, 2.0, 4.0, 3.0), labels),
+    ]
+    for loss, values, y in cases:
+        value = loss.compute_loss(t, s, labels=y)
+        assert tuple(value.shape) == ()
+        assert_close(value, values.mean())
+        assert_close(loss.compute_loss(t, s, labels=y, sample_weight=w), np.sum(values * w) / 5)
+        assert_close(
+            loss.compute_loss(t, s, labels=y, sample_weight=w.reshape(5, 1)),
+            np.sum(values * w) / 5,
+        )
+
+
+def test_zero_weight_makes_a_sample_irrelevant():
+    t, s = logits((4, 3), 32), logits((4, 3), 33)
+    labels = np.array([0, 1, 2, 1])
+    w = np.array([1.0, 1.0, 1.0, 0.0], "float32")
+    t_garbage, s_garbage = t.copy(), s.copy()
+    t_garbage[3] = [1e4, -1e4, 0.0]
+    s_garbage[3] = [-1e4, 1e4, 3e3]
+    for loss, y in ((KD(), None), (KD(divergence="reverse"), None), (DKD(), labels)):
+        clean = to_np(loss.compute_loss(t, s, labels=y, sample_weight=w))
+        garbage = to_np(loss.compute_loss(t_garbage, s_garbage, labels=y, sample_weight=w))
+        np.testing.assert_allclose(garbage, clean, rtol=1e-6)
+        # The weights matter: without them the garbage sample dominates.
+        assert to_np(loss.compute_loss(t_garbage, s_garbage, labels=y)) > 10 * clean
+
+
+def test_dist_zero_weight_removes_a_sample():
+    t, s = logits((6, 4), 34), logits((6, 4), 35)
+    w = np.array([1.0, 2.0, 0.5, 1.0, 1.0, 0.0], "float32")
+    expected = ref_dist(t, s, 1.0, 1.0, 1.0, weights=w)
+    assert_close(DIST().compute_loss(t, s, sample_weight=w), expected)
+    t_garbage, s_garbage = t.copy(), s.copy()
+    t_garbage[5] = [50.0, -50.0, 0.0, 9.0]
+    s_garbage[5] = [-50.0, 40.0, 3.0, 0.0]
+    assert_close(DIST().compute_loss(t_garbage, s_garbage, sample_weight=w), expected)
+
+
+def test_sequence_logits_with_class_api():
+    t, s = logits((2, 3, 4), 36), logits((2, 3, 4), 37)
+    labels = np.array([[0, 1, 2], [3, 3, 0]])
+    w = np.array([2.0, 0.5], "float32")
+    kd_values = ref_kd(t, s, 2.0)
+    assert_close(KD(temperature=2.0).compute_loss(t, s), kd_values.mean())
+    assert_close(
+        KD(temperature=2.0).compute_loss(t, s, sample_weight=w),
+        np.sum(kd_values * w[:, None]) / 6,
+    )
+    dkd_values = ref_dkd(t, s, labels, 1.0, 8.0, 4.0)
+    assert_close(DKD().compute_loss(t, s, labels=labels), dkd_values.mean())
+    # DIST on sequences treats every position as a sample.
+    assert_close(
+        DIST().compute_loss(t, s), ref_dist(t.reshape(6, 4), s.reshape(6, 4))
+    )
+
+
+@pytest.mark.parametrize("make_loss", [KD, DKD, DIST])
+def test_output_selects_from_dict_and_list(make_loss):
+    t_a, s_a = logits((4, 3), 38), logits((4, 3), 39)
+    t_b, s_b = logits((4, 5), 40), logits((4, 5), 41)
+    labels = np.array([0, 1, 2, 1])
+    expected_b = to_np(make_loss().compute_loss(t_b, s_b, labels=labels))
+    expected_a = to_np(make_loss().compute_loss(t_a, s_a, labels=labels))
+    assert not np.isclose(expected_a, expected_b)
+    by_key = make_loss(output="b").compute_loss(
+        {"a": t_a, "b": t_b}, {"a": s_a, "b": s_b}, labels=labels
+    )
+    assert_close(by_key, expected_b)
+    by_index = make_loss(output=0).compute_loss([t_a, t_b], [s_a, s_b], labels=labels)
+    assert_close(by_index, expected_a)
+    # A single output in a list needs no `output=`.
+    assert_close(make_loss().compute_loss([t_a], [s_a], labels=labels), expected_a)
+
+
+def test_missing_or_wrong_output_raises_naming_outputs():
+    t = {"first": logits((2, 3), 42), "second": logits((2, 3), 43)}
+    with pytest.raises(ValueError, match="first") as info:
+        KD().compute_loss(t, t)
+    assert "second" in str(info.value)
+    with pytest.raises(ValueError, match="first") as info:
+        KD(output="third").compute_loss(t, t)
+    assert "second" in str(info.value) and "third" in str(info.value)
+    pair = [t["first"], t["second"]]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        KD().compute_loss(pair, pair)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        DIST(output=2).compute_loss(pair, pair)
+    with pytest.raises(ValueError, match="single tensor"):
+        DKD(output="first").compute_loss(t["first"], t["first"], labels=[0, 1])
+
+
+def test_integer_output_on_a_single_tensor_raises():
+    """`output=0` must not silently index the batch of a single-tensor output."""
+    t, s = logits((4, 3), 44), logits((4, 3), 45)
+    with pytest.raises(ValueError):
+        KD(output=0).compute_loss(t, s)
+
+
+@pytest.mark.parametrize("make_loss", [KD, DKD, DIST])
+def test_class_count_mismatch_raises(make_loss):
+    with pytest.raises(ValueError, match="3"):
+        make_loss().compute_loss(
+            logits((4, 3), 46), logits((4, 5), 47), labels=np.array([0, 1, 2, 0])
+        )
+
+
+@pytest.mark.parametrize("make_loss", [KD, DKD, DIST])
+def test_bad_temperature_raises(make_loss):
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            make_loss(temperature=bad)
+    for bad in ("3", None, True, [2.0]):
+        with pytest.raises(TypeError, match="temperature"):
+            make_loss(temperature=bad)
+    make_loss(temperature=3)  # an int is a number
+
+
+def test_unknown_divergence_raises():
+    with pytest.raises(ValueError, match="kl"):
+        KD(divergence="kl")
+    t = logits((2, 3), 48)
+    with pytest.raises(ValueError, match="forward"):
+        kd(t, t, divergence="symmetric")
+
+
+def test_bad_output_type_raises():
+    with pytest.raises(TypeError):
+        KD(output=["a"])
+
+
+# ---------------------------------------------------------------------------
+# Padding masks
+# ---------------------------------------------------------------------------
+
+
+def test_embedding_output_carries_a_mask():
+    student, mask = padded_student()
+    from keras_distill._keras_internals import get_keras_mask
+
+    carried = get_keras_mask(student)
+    assert carried is not None, "the Embedding output lost its Keras mask"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(carried), mask)
+
+
+def test_kd_ignores_padded_positions():
+    student, mask = padded_student()
+    t = logits((3, 5, 4), 49)
+    s = to_np(student)
+    values = ref_kd(t, s, 2.0)
+    expected = values[mask].mean()
+    loss = KD(temperature=2.0)
+    assert_close(loss.compute_loss(t, student), expected)
+    t_changed = t.copy()
+    t_changed[~mask] = logits((int((~mask).sum()), 4), 50, scale=30.0)
+    assert_close(loss.compute_loss(t_changed, student), expected)
+    # The same logits without a mask average over every position.
+    assert_close(loss.compute_loss(t, s.astype("float32")), values.mean())
+    assert not np.isclose(values.mean(), expected)
+    # sample_weight and the mask combine: sum(v * w * mask) / sum(mask).
+    w = np.array([1.0, 3.0, 0.5], "float32")
+    assert_close(
+        loss.compute_loss(t_changed, student, sample_weight=w),
+        np.sum(values * w[:, None] * mask) / mask.sum(),
+    )
+
+
+def test_dkd_and_dist_ignore_padded_positions():
+    student, mask = padded_student(seed=1)
+    t = logits((3, 5, 4), 51)
+    labels = np.random.default_rng(52).integers(0, 4, (3, 5))
+    s = to_np(student)
+    t_changed = t.copy()
+    t_changed[~mask] = logits((int((~mask).sum()), 4), 53, scale=30.0)
+    dkd_expected = ref_dkd(t, s, labels, 1.0, 8.0, 4.0)[mask].mean()
+    dist_expected = ref_dist(t[mask], s[mask], 1.0, 1.0, 2.0)
+    for teacher in (t, t_changed):
+        assert_close(DKD().compute_loss(teacher, student, labels=labels), dkd_expected)
+        assert_close(DIST(temperature=2.0).compute_loss(teacher, student), dist_expected)
+
+
+# ---------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("student_kind", ["zeros", "identical_rows"])
+def test_dist_and_dkd_gradients_finite_for_identical_student_rows(student_kind):
+    t = logits((4, 5), 54)
+    labels = np.array([0, 1, 4, 2])
+    if student_kind == "zeros":
+        s = np.zeros((4, 5), "float32")
+    else:
+        s = np.tile(logits((1, 5), 55), (4, 1))
+    losses = {
+        "dist": lambda x: DIST(temperature=2.0).compute_loss(t, x),
+        "dkd": lambda x: DKD().compute_loss(t, x, labels=labels),
+        "kd": lambda x: KD().compute_loss(t, x),
+    }
+    for name, fn in losses.items():
+        assert np.isfinite(to_np(fn(keras.ops.convert_to_tensor(s)))), name
+        grad = grad_wrt(fn, s)
+        assert grad.shape == s.shape
+        assert np.all(np.isfinite(grad)), (name, grad)
+        assert np.any(grad != 0.0), name
+
+
+def test_kd_gradient_matches_closed_form():
+    """d/ds T^2 KL(p||q) = T (q - p) / B for the batch mean."""
+    t, s = logits((3, 4), 56), logits((3, 4), 57)
+    temperature = 2.0
+    grad = grad_wrt(lambda x: KD(temperature=temperature).compute_loss(t, x), s)
+    expected = temperature * (np_softmax(s / temperature) - np_softmax(t / temperature)) / 3
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Serialization
+# ---------------------------------------------------------------------------
+
+CONSTRUCTIONS = [
+    (KD, {"temperature": 2.5, "divergence": "js", "teacher_from_logits": False,
+          "student_from_logits": True, "output": "logits", "name": "my_kd"}),
+    (DKD, {"alpha": 0.5, "beta": 2.0, "temperature": 3.0, "output": 1, "name": "my_dkd"}),
+    (DIST, {"beta": 2.0, "gamma": 0.5, "temperature": 1.5, "output": None, "name": "my_dist"}),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", CONSTRUCTIONS, ids=lambda c: getattr(c, "__name__", ""))
+def test_get_config_is_the_constructor_arguments(cls, kwargs):
+    assert cls(**kwargs).get_config() == kwargs
+    default = cls().get_config()
+    import inspect
+
+    params = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+    assert set(default) == params
+
+
+@pytest.mark.parametrize("cls,kwargs", CONSTRUCTIONS, ids=lambda c: getattr(c, "__name__", ""))
+def test_serialization_round_trip(cls, kwargs):
+    loss = cls(**kwargs)
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
+    assert type(restored) is cls
+    assert restored is not loss
+    assert restored.get_config() == loss.get_config()
+    t, s = logits((4, 3), 58), logits((4, 3), 59)
+    t_in = np.abs(t) / np.abs(t).sum(-1, keepdims=True) if cls is KD else t
+    outputs_t = {"logits": t_in} if cls is KD else [logits((4, 2), 60), t] if cls is DKD else t
+    outputs_s = {"logits": s} if cls is KD else [logits((4, 2), 61), s] if cls is DKD else s
+    labels = np.array([0, 2, 1, 1])
+    original = to_np(loss.compute_loss(outputs_t, outputs_s, labels=labels))
+    assert np.isfinite(original) and original > 0
+    assert_close(restored.compute_loss(outputs_t, outputs_s, labels=labels), original, rtol=0, atol=0)
+
+
+def test_scheduled_temperature_survives_serialization():
+    loss = KD(temperature=4.0)
+    loss.temperature.assign(2.0)
+    t, s = logits((4, 3), 62), logits((4, 3), 63)
+    assert_close(loss.compute_loss(t, s), ref_kd(t, s, 2.0).mean())
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss)
+    )
+    assert restored.get_config()["temperature"] == 2.0
+    assert_close(restored.compute_loss(t, s), ref_kd(t, s, 2.0).mean())

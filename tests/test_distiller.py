@@ -1,0 +1,482 @@
+"""The Distiller end to end: training, metrics, weighting, saving, errors."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_distill
+from keras_distill.losses import DKD
+from keras_distill.losses import KD
+from tests.conftest import classification_data
+from tests.conftest import mlp
+
+SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+JIT_MODES = [False] if keras.backend.backend() == "torch" else [False, True]
+
+
+def np_softmax(z, axis=-1):
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_kd(t, s, temperature):
+    p, q = np_softmax(t / temperature), np_softmax(s / temperature)
+    return temperature**2 * (p * (np.log(p) - np.log(q))).sum(-1)
+
+
+def np_scce(logits, y):
+    log_q = np.log(np_softmax(logits))
+    return -np.take_along_axis(log_q, y[..., None], -1)[..., 0]
+
+
+def make_distiller(losses=None, **kwargs):
+    teacher, student = mlp(32, name="teacher"), mlp(4, name="student")
+    losses = KD(temperature=2.0) if losses is None else losses
+    return keras_distill.Distiller(teacher, student, losses, **kwargs)
+
+
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+def test_fit_logs_every_term_and_reduces_the_distillation_loss(jit_compile):
+    x, y = classification_data(128)
+    distiller = make_distiller()
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(0.02),
+        loss=SCCE,
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    history = distiller.fit(x, y, epochs=8, batch_size=32, verbose=0).history
+    for key in ("loss", "student_loss", "kd", "distillation_loss",
+                "teacher_agreement", "accuracy"):
+        assert key in history, sorted(history)
+    assert history["kd"][-1] < 0.7 * history["kd"][0]
+    assert np.all(np.isfinite(history["loss"]))
+
+
+def test_evaluate_matches_an_independent_computation_of_every_term():
+    x, y = classification_data(64)
+    distiller = make_distiller(
+        student_loss_weight=0.3, distillation_loss_weights=[2.0]
+    )
+    distiller.compile(loss=SCCE)
+    logs = distiller.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    t = distiller.teacher.predict(x, verbose=0).astype("float64")
+    s = distiller.student.predict(x, verbose=0).astype("float64")
+    kd = np_kd(t, s, 2.0).mean()
+    student_loss = np_scce(s, y).mean()
+    np.testing.assert_allclose(logs["kd"], kd, rtol=1e-4)
+    np.testing.assert_allclose(logs["student_loss"], student_loss, rtol=1e-4)
+    np.testing.assert_allclose(logs["distillation_loss"], 2.0 * kd, rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["loss"], 0.3 * student_loss + 2.0 * kd, rtol=1e-4
+    )
+    agreement = (t.argmax(-1) == s.argmax(-1)).mean()
+    np.testing.assert_allclose(logs["teacher_agreement"], agreement, rtol=1e-6)
+
+
+def test_default_distillation_weight_is_one_minus_student_weight():
+    distiller = make_distiller([KD(), DKD()], student_loss_weight=0.25)
+    weights = [float(w.numpy()) for w in distiller.distillation_loss_weights]
+    assert weights == [0.75, 0.75]
+
+
+def test_teacher_never_changes_and_is_not_modified():
+    x, y = classification_data(64)
+    distiller = make_distiller()
+    teacher, student = distiller.teacher, distiller.student
+    assert teacher.trainable  # the user's flag, left alone
+    before_t = [w.copy() for w in teacher.get_weights()]
+    before_s = [w.copy() for w in student.get_weights()]
+    distiller.compile(loss=SCCE)
+    distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert teacher.trainable
+    for a, b in zip(before_t, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.allclose(a, b) for a, b in zip(before_s, student.get_weights())
+    )
+    teacher_ids = {id(v) for v in teacher.variables}
+    assert not teacher_ids & {id(v) for v in distiller.trainable_variables}
+    assert len(distiller.optimizer.variables) < 20  # no slots for the teacher
+
+
+class CallCounter(keras.layers.Layer):
+    """Identity layer that counts how often it runs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def call(self, x):
+        self.calls += 1
+        return x
+
+
+def counted_mlp(width, name):
+    counter = CallCounter(name="counter")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            counter,
+            keras.layers.Dense(width, activation="relu", name="hidden"),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name=name,
+    )
+    return model, counter
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        lambda: KD(),
+        lambda: [
+            KD(),
+            keras_distill.FeatureDistillation(
+                teacher_layer_name="logits", student_layer_name="logits"
+            ),
+        ],
+    ],
+    ids=["logits", "logits_and_features"],
+)
+def test_each_model_runs_once_per_training_step(losses):
+    x, y = classification_data(64)
+    teacher, teacher_counter = counted_mlp(16, "teacher")
+    student, student_counter = counted_mlp(4, "student")
+    distiller = keras_distill.Distiller(teacher, student, losses())
+    distiller.compile(loss=SCCE, run_eagerly=True)
+    # The first fit also traces each model once, symbolically, to build
+    # the metrics; count the steps of a second one.
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    teacher_counter.calls = student_counter.calls = 0
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert teacher_counter.calls == 4
+    assert student_counter.calls == 4
+
+
+def test_class_weight_and_sample_weight_reach_the_distillation_loss():
+    x, y = classification_data(64)
+    distiller = make_distiller(student_loss_weight=0.5)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCCE)
+    before = [w.copy() for w in distiller.student.get_weights()]
+    # Every class weighs 0: no term may move the student.
+    logs = distiller.fit(
+        x, y, epochs=1, batch_size=16, verbose=0,
+        class_weight={0: 0.0, 1: 0.0, 2: 0.0},
+    ).history
+    assert logs["kd"][0] == 0.0 and logs["loss"][0] == 0.0
+    for a, b in zip(before, distiller.student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    weights = np.linspace(0.0, 2.0, 64).astype("float32")
+    result = distiller.evaluate(
+        x, y, sample_weight=weights, batch_size=64, verbose=0, return_dict=True
+    )
+    t = distiller.teacher.predict(x, verbose=0).astype("float64")
+    s = distiller.student.predict(x, verbose=0).astype("float64")
+    np.testing.assert_allclose(
+        result["kd"], (np_kd(t, s, 2.0) * weights).mean(), rtol=1e-4
+    )
+    agree = t.argmax(-1) == s.argmax(-1)
+    np.testing.assert_allclose(
+        result["teacher_agreement"], (agree * weights).sum() / weights.sum(),
+        rtol=1e-5,
+    )
+
+
+def sequence_model(width, name, vocab=12, classes=5):
+    return keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(vocab, width, mask_zero=True),
+            keras.layers.Dense(classes, name="logits"),
+        ],
+        name=name,
+    )
+
+
+def test_padding_masks_exclude_padded_positions_from_every_term():
+    rng = np.random.default_rng(1)
+    x = rng.integers(1, 12, size=(16, 6)).astype("int32")
+    x[:, 4:] = 0  # the last two positions are padding
+    y = rng.integers(0, 5, size=(16, 6))
+    distiller = keras_distill.Distiller(
+        sequence_model(16, "teacher"), sequence_model(4, "student"),
+        KD(temperature=2.0),
+    )
+    distiller.compile(loss=SCCE)
+    logs = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    t = distiller.teacher.predict(x, verbose=0).astype("float64")[:, :4]
+    s = distiller.student.predict(x, verbose=0).astype("float64")[:, :4]
+    np.testing.assert_allclose(logs["kd"], np_kd(t, s, 2.0).mean(), rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["student_loss"], np_scce(s, y[:, :4]).mean(), rtol=1e-4
+    )
+    distiller.fit(x, y, epochs=1, verbose=0)
+
+
+def two_headed(width, name):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(width, activation="relu")(inputs)
+    return keras.Model(
+        inputs,
+        {
+            "species": keras.layers.Dense(3, name="species")(hidden),
+            "size": keras.layers.Dense(1, name="size")(hidden),
+        },
+        name=name,
+    )
+
+
+def test_multi_output_models_distil_the_chosen_output():
+    x, y = classification_data(64)
+    targets = {"species": y, "size": x[:, :1]}
+    distiller = keras_distill.Distiller(
+        two_headed(16, "teacher"), two_headed(4, "student"),
+        KD(temperature=2.0, output="species"),
+    )
+    distiller.compile(loss={"species": SCCE, "size": "mse"})
+    history = distiller.fit(x, targets, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["kd"]))
+    logs = distiller.evaluate(x, targets, batch_size=64, verbose=0,
+                              return_dict=True)
+    t = distiller.teacher.predict(x, verbose=0)["species"].astype("float64")
+    s = distiller.student.predict(x, verbose=0)["species"].astype("float64")
+    np.testing.assert_allclose(logs["kd"], np_kd(t, s, 2.0).mean(), rtol=1e-4)
+
+    with pytest.raises(ValueError, match="pass `output=`"):
+        keras_distill.Distiller(
+            two_headed(16, "t"), two_headed(4, "s"), KD()
+        )
+    with pytest.raises(ValueError, match="available"):
+        keras_distill.Distiller(
+            two_headed(16, "t"), two_headed(4, "s"), KD(output="colour")
+        )
+
+
+def test_bfloat16_teacher_teaches_a_float32_student():
+    x, y = classification_data(64)
+    teacher = mlp(32, name="teacher")
+    bf16_teacher = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu", dtype="bfloat16"),
+            keras.layers.Dense(3, dtype="bfloat16"),
+        ]
+    )
+    bf16_teacher.set_weights(teacher.get_weights())
+    distiller = keras_distill.Distiller(bf16_teacher, mlp(4), KD(2.0))
+    distiller.compile(loss=SCCE)
+    history = distiller.fit(x, y, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    logs = distiller.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    t = bf16_teacher.predict(x, verbose=0).astype("float64")
+    s = distiller.student.predict(x, verbose=0).astype("float64")
+    np.testing.assert_allclose(logs["kd"], np_kd(t, s, 2.0).mean(), rtol=1e-3)
+
+
+class SubclassedClassifier(keras.Model):
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(width, activation="relu")
+        self.logits = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.logits(self.hidden(x))
+
+
+def test_subclassed_teacher_and_student():
+    x, y = classification_data(64)
+    teacher, student = SubclassedClassifier(16), SubclassedClassifier(4)
+    teacher(x[:1]), student(x[:1])
+    distiller = keras_distill.Distiller(teacher, student, KD())
+    distiller.compile(loss=SCCE)
+    history = distiller.fit(x, y, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["kd"]))
+    np.testing.assert_allclose(
+        distiller.predict(x, verbose=0), student.predict(x, verbose=0),
+        rtol=1e-6,
+    )
+
+
+def test_student_only_from_the_teacher_needs_no_compiled_loss():
+    x, y = classification_data(64)
+    distiller = make_distiller(student_loss_weight=0.0)
+    distiller.compile(optimizer="adam")
+    history = distiller.fit(x, epochs=2, verbose=0).history
+    assert history["student_loss"] == [0.0, 0.0]
+    assert history["kd"][1] < history["kd"][0]
+
+
+def test_saved_distiller_resumes_training(tmp_path):
+    x, y = classification_data(64)
+    distiller = make_distiller([KD(temperature=3.0), DKD()])
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(0.01), loss=SCCE, metrics=["accuracy"]
+    )
+    distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    distiller.distillation_losses[0].temperature.assign(5.0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, keras_distill.Distiller)
+    assert int(loaded.optimizer.iterations.numpy()) == 4
+    assert float(loaded.distillation_losses[0].temperature.numpy()) == 5.0
+    for a, b in zip(distiller.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    before = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    after = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key], rtol=1e-5)
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 8
+
+
+def test_config_round_trip():
+    distiller = make_distiller(
+        [KD(temperature=3.0, divergence="js"), DKD(beta=2.0)],
+        distillation_loss_weights=[0.2, 0.7],
+        student_loss_weight=0.4,
+    )
+    restored = keras_distill.Distiller.from_config(distiller.get_config())
+    assert restored.get_config()["distillation_loss_weights"] == [
+        pytest.approx(0.2), pytest.approx(0.7)
+    ]
+    assert [l.get_config() for l in restored.distillation_losses] == [
+        l.get_config() for l in distiller.distillation_losses
+    ]
+    assert float(restored.student_loss_weight.numpy()) == pytest.approx(0.4)
+
+
+def test_export_student_writes_the_student_alone(tmp_path):
+    x, y = classification_data(64)
+    distiller = make_distiller()
+    distiller.compile(loss=SCCE)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "student.keras"
+    distiller.export_student(path)
+    student = keras.saving.load_model(path)
+    assert len(student.weights) == len(distiller.student.weights)
+    np.testing.assert_allclose(
+        student.predict(x, verbose=0), distiller.predict(x, verbose=0),
+        rtol=1e-6,
+    )
+    size = os.path.getsize(path)
+    with pytest.raises(ValueError, match="overwrite=True"):
+        distiller.export_student(path)
+    assert os.path.getsize(path) == size
+    with pytest.raises(ValueError, match=".keras"):
+        distiller.export_student(tmp_path / "student.h5")
+    distiller.export_student(path, overwrite=True)
+
+
+def test_nan_teacher_outputs_stop_training_with_a_clear_error():
+    x, y = classification_data(64)
+    distiller = make_distiller()
+    weights = distiller.teacher.get_weights()
+    weights[-1][:] = np.nan  # the output bias: no ReLU can hide it
+    distiller.teacher.set_weights(weights)
+    distiller.compile(loss=SCCE)
+    with pytest.raises(ValueError, match="teacher produced NaN"):
+        distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+
+
+def test_keras_distillation_script_runs_after_changing_its_import():
+    """The same script, written against `keras.distillation`'s API."""
+
+    def script(module):
+        x, y = classification_data(64)
+        teacher, student = mlp(16, name="teacher"), mlp(16, name="student")
+        distiller = module.Distiller(
+            teacher=teacher,
+            student=student,
+            distillation_losses=[
+                module.LogitsDistillation(temperature=3.0),
+                module.FeatureDistillation(
+                    loss="mse",
+                    teacher_layer_name="hidden",
+                    student_layer_name="hidden",
+                ),
+            ],
+            distillation_loss_weights=[1.0, 0.5],
+            student_loss_weight=0.5,
+        )
+        distiller.compile(
+            optimizer="adam",
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        distiller.fit(x, y, epochs=1, verbose=0)
+        return distiller.student.predict(x, verbose=0)
+
+    assert np.all(np.isfinite(script(keras.distillation)))
+    assert np.all(np.isfinite(script(keras_distill)))
+
+
+# -- Bad input ---------------------------------------------------------------
+
+
+def test_models_must_be_built_keras_models():
+    with pytest.raises(TypeError, match="must be a keras.Model"):
+        keras_distill.Distiller(keras.layers.Dense(3), mlp(4), KD())
+    unbuilt = SubclassedClassifier(4)
+    with pytest.raises(ValueError, match="not built"):
+        keras_distill.Distiller(mlp(16), unbuilt, KD())
+    model = mlp(4)
+    with pytest.raises(ValueError, match="same model object"):
+        keras_distill.Distiller(model, model, KD())
+
+
+def test_weights_must_match_the_losses():
+    with pytest.raises(ValueError, match="2 distillation_loss_weights for 1"):
+        make_distiller(KD(), distillation_loss_weights=[0.5, 0.5])
+    with pytest.raises(ValueError, match=">= 0"):
+        make_distiller(KD(), student_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="Pass distillation_loss_weights"):
+        make_distiller(KD(), student_loss_weight=2.0)
+    with pytest.raises(ValueError, match="distinct `name=`"):
+        make_distiller([KD(), KD()])
+
+
+def test_losses_must_be_distillation_losses():
+    with pytest.raises(TypeError, match="not a keras_distill distillation loss"):
+        make_distiller(keras.losses.MeanSquaredError())
+    with pytest.raises(TypeError, match="KD"):
+        make_distiller(keras.distillation.LogitsDistillation())
+    with pytest.raises(ValueError, match="is None"):
+        keras_distill.Distiller(mlp(16), mlp(4), None)
+
+
+def test_class_counts_must_match():
+    with pytest.raises(ValueError, match="teacher gives 3 .* student 5"):
+        keras_distill.Distiller(mlp(16), mlp(4, num_classes=5), KD())
+    # Subclassed models: caught when the training step is traced.
+    x, y = classification_data(64)
+    teacher, student = SubclassedClassifier(16), keras.Sequential(
+        [keras.layers.Dense(5)]
+    )
+    teacher(x[:1]), student(x[:1])
+    distiller = keras_distill.Distiller(teacher, student, KD())
+    distiller.compile(loss=SCCE)
+    with pytest.raises(ValueError, match="teacher gives 3"):
+        distiller.fit(x, y, epochs=1, verbose=0)
+
+
+def test_compile_needs_a_loss_while_the_student_loss_counts():
+    distiller = make_distiller()
+    with pytest.raises(ValueError, match="student_loss_weight=0"):
+        distiller.compile(optimizer="adam")
+
+
+def test_unknown_feature_layer_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"Available layers: \['hidden', 'logits'\]"):
+        make_distiller(
+            keras_distill.FeatureDistillation(
+                teacher_layer_name="hiden", student_layer_name="hidden"
+            )
+        )
