@@ -165,6 +165,8 @@ class DistillationLoss(keras.layers.Layer):
                 f"distil, e.g. {type(self).__name__}(output={names[0]!r})."
             )
         try:
+            if not isinstance(outputs, (dict, list, tuple)):
+                raise TypeError("a single tensor has no named outputs")
             return outputs[self.output_key]
         except (KeyError, IndexError, TypeError):
             available = (

@@ -41,7 +41,9 @@ class _StructuredLoss(DistillationLoss):
 
     def __init__(self, loss, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.loss = keras.tree.map_structure(_as_loss, loss)
+        # Set past the layer's attribute tracking, which would turn the lists
+        # and dicts into tracked types that no longer match the outputs'.
+        object.__setattr__(self, "loss", keras.tree.map_structure(_as_loss, loss))
         if all(fn is None for fn in keras.tree.flatten(self.loss)):
             raise ValueError(
                 f"{type(self).__name__}: `loss` must hold at least one loss "
