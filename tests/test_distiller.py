@@ -5,27 +5,17 @@ import os
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_distill
 from keras_distill.losses import DKD
 from keras_distill.losses import KD
 from tests.conftest import classification_data
 from tests.conftest import mlp
+from tests.reference import np_softmax
+from tests.reference import ref_kd as np_kd
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 JIT_MODES = [False] if keras.backend.backend() == "torch" else [False, True]
-
-
-def np_softmax(z, axis=-1):
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def np_kd(t, s, temperature):
-    p, q = np_softmax(t / temperature), np_softmax(s / temperature)
-    return temperature**2 * (p * (np.log(p) - np.log(q))).sum(-1)
 
 
 def np_scce(logits, y):

@@ -14,27 +14,18 @@ import pytest
 from keras_distill.losses import KD
 from keras_distill.losses import FeatureDistillation
 from keras_distill.losses import LogitsDistillation
+from tests.reference import S_FIXED
+from tests.reference import T_FIXED
+from tests.reference import assert_close
+from tests.reference import logits
+from tests.reference import np_log_softmax
+from tests.reference import np_softmax
+from tests.reference import ref_kd
+from tests.reference import to_np
 
 # ---------------------------------------------------------------------------
 # NumPy reference implementations (float64)
 # ---------------------------------------------------------------------------
-
-
-def np_log_softmax(x, axis=-1):
-    x = np.asarray(x, np.float64)
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-
-
-def np_softmax(x, axis=-1):
-    return np.exp(np_log_softmax(x, axis))
-
-
-def ref_kd(teacher, student, temperature):
-    """T^2 KL(softmax(t/T) || softmax(s/T)) per sample."""
-    log_p = np_log_softmax(np.asarray(teacher, np.float64) / temperature)
-    log_q = np_log_softmax(np.asarray(student, np.float64) / temperature)
-    return temperature**2 * np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
 
 
 def ref_soft_cross_entropy(teacher, student, temperature):
@@ -56,26 +47,6 @@ def ref_keras_default_logits_distillation(teacher, student, temperature):
     b = np.clip(np.asarray(student, np.float64) / temperature, 1e-7, 1.0)
     return np.mean(np.sum(a * np.log(a / b), axis=-1))
 
-
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
-
-# A small fixed input (3 samples, 4 classes) for literal values.
-T_FIXED = [[1.0, 2.0, 0.5, -1.0], [-1.0, 0.0, 3.0, 0.5], [0.25, -0.5, 1.5, 2.0]]
-S_FIXED = [[0.5, 1.5, 1.0, 0.0], [0.0, -0.5, 2.0, 1.0], [1.0, 0.0, -1.0, 0.5]]
-
-
-def to_np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
-
-
-def logits(shape, seed, scale=2.0):
-    return (np.random.default_rng(seed).normal(size=shape) * scale).astype("float32")
-
-
-def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(to_np(actual), expected, rtol=rtol, atol=atol)
 
 
 def round_trip(loss):
