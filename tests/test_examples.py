@@ -1,0 +1,78 @@
+"""The examples run end to end: quick modes here, the real runs marked slow."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_distill
+from keras_distill.losses import KD
+from tests.conftest import classification_data
+from tests.conftest import mlp
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+sys.path.insert(0, EXAMPLES)
+
+import mnist_hinton  # noqa: E402
+import quickstart  # noqa: E402
+
+
+def test_quickstart_trains_all_three_models():
+    (row,) = quickstart.run(epochs=15, seeds=(0,))
+    assert row["teacher_params"] > 10 * row["student_params"]
+    for key in ("teacher", "scratch", "distilled"):
+        assert 0.5 < row[key] <= 1.0, row
+
+
+def test_quickstart_script_prints_its_table():
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "quickstart.py"), "--quick"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "student (distilled)" in result.stdout, result.stdout
+
+
+def test_jitter_shifts_each_image_within_two_pixels():
+    rng = np.random.default_rng(0)
+    images = np.zeros((50, 28, 28), np.uint8)
+    images[:, 14, 14] = 255
+    shifted = mnist_hinton.jitter(images, rng)
+    positions = np.argwhere(shifted == 255)
+    assert len(positions) == 50  # nothing cropped away
+    assert np.abs(positions[:, 1:] - 14).max() <= 2
+    assert len({tuple(p) for p in positions[:, 1:]}) > 5
+
+
+@pytest.mark.slow
+def test_mnist_distilled_student_makes_fewer_errors_than_scratch():
+    """Hinton et al. 2015, section 3, with a short schedule."""
+    results = mnist_hinton.run()
+    print(results)
+    assert results["teacher_errors"] < results["scratch_student_errors"]
+    assert results["distilled_student_errors"] < results["scratch_student_errors"]
+
+
+@pytest.mark.slow
+def test_fit_with_jit_compile():
+    """XLA on TensorFlow and JAX; torch.compile on PyTorch."""
+    x, y = classification_data(128)
+    distiller = keras_distill.Distiller(mlp(32), mlp(4), KD(temperature=2.0))
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(0.02),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    history = distiller.fit(x, y, epochs=4, batch_size=32, verbose=0).history
+    assert history["kd"][-1] < history["kd"][0]
+
+
+@pytest.mark.slow
+def test_mnist_script_prints_its_table():
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "mnist_hinton.py"), "--quick"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "distilled_student" in result.stdout, result.stdout
