@@ -1,0 +1,25 @@
+"""The public API: what `import keras_distill` promises."""
+
+import keras_distill
+from keras_distill import callbacks
+from keras_distill import losses
+
+
+def test_public_names():
+    assert sorted(keras_distill.__all__) == [
+        "DistillationLoss", "Distiller", "FeatureDistillation",
+        "LogitsDistillation", "callbacks", "losses",
+    ]
+    assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
+    assert losses.CLASSES == [
+        "DIST", "DKD", "DistillationLoss", "FeatureDistillation", "KD",
+        "LogitsDistillation",
+    ]
+    for module in (keras_distill, callbacks, losses):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, name
+
+
+def test_losses_are_distillation_losses():
+    for name in losses.CLASSES:
+        assert issubclass(getattr(losses, name), keras_distill.DistillationLoss)
