@@ -128,6 +128,12 @@ class Distiller(keras.Model):
             ),
         )
         self._check_symbolic_outputs()
+        for loss in losses:
+            if not loss.built:  # e.g. FitNet's connectors, sized from the taps
+                loss.build(
+                    _feature_shapes(self._taps.teacher),
+                    _feature_shapes(self._taps.student),
+                )
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.loss_trackers = [keras.metrics.Mean(name=loss.name) for loss in losses]
@@ -540,6 +546,13 @@ def _symbolic_outputs(model):
         return model.output
     except (AttributeError, ValueError):
         return None
+
+
+def _feature_shapes(extractor):
+    """`{layer_name: shape}` of the features an extractor returns."""
+    if extractor is None:
+        return {}
+    return {name: tuple(f.shape) for name, f in extractor.output[1].items()}
 
 
 def _feature_extractor(model, role, layer_names):

@@ -1,7 +1,15 @@
 """Distillation losses: each a `keras.ops` function and a serializable class."""
 
+from keras_distill.losses.attention import AttentionTransfer
+from keras_distill.losses.attention import attention_transfer
+from keras_distill.losses.attention import spatial_attention
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import weighted_mean
+from keras_distill.losses.feature import FitNet
+from keras_distill.losses.feature import HiddenCosine
+from keras_distill.losses.feature import LayerPairLoss
+from keras_distill.losses.feature import connector_for
+from keras_distill.losses.feature import hidden_cosine
 from keras_distill.losses.keras_compat import FeatureDistillation
 from keras_distill.losses.keras_compat import LogitsDistillation
 from keras_distill.losses.response import DIST
@@ -13,16 +21,24 @@ from keras_distill.losses.response import kd
 from keras_distill.losses.response import soft_log_probabilities
 
 __all__ = [
+    "AttentionTransfer",
     "DIST",
     "DKD",
     "DistillationLoss",
     "FeatureDistillation",
+    "FitNet",
+    "HiddenCosine",
     "KD",
+    "LayerPairLoss",
     "LogitsDistillation",
+    "attention_transfer",
+    "connector_for",
     "dist",
     "dkd",
+    "hidden_cosine",
     "kd",
     "soft_log_probabilities",
+    "spatial_attention",
     "weighted_mean",
 ]
 

@@ -1,0 +1,326 @@
+"""Feature-based distillation: losses on intermediate layers' outputs.
+
+These losses read the outputs of named layers of the teacher and the
+student, taken in the same forward pass that produces the models' outputs.
+They compare one or several (teacher layer, student layer) pairs and sum the
+pairs' losses.
+"""
+
+import keras
+from keras import ops
+
+from keras_distill._keras_internals import get_keras_mask
+from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import weighted_mean
+
+
+def _names(layers, argument):
+    names = [layers] if isinstance(layers, str) else list(layers or [])
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"`{argument}` must be a layer name or a list of layer names; "
+            f"received {layers!r}."
+        )
+    return names
+
+
+class LayerPairLoss(DistillationLoss):
+    """Base class of losses between pairs of teacher and student layers.
+
+    Subclasses implement `per_sample(teacher_feature, student_feature)`,
+    returning one value per sample (or per position); the base class averages
+    it with `sample_weight` and the student feature's padding mask, and sums
+    over the layer pairs.
+
+    Args:
+        teacher_layers: a teacher layer name, or a list of them.
+        student_layers: the student layer name(s), one per teacher layer.
+        name: the loss's name in the logs.
+        **kwargs: other `DistillationLoss` arguments.
+    """
+
+    def __init__(self, teacher_layers, student_layers, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self._teacher_names = _names(teacher_layers, "teacher_layers")
+        self._student_names = _names(student_layers, "student_layers")
+        if len(self._teacher_names) != len(self._student_names):
+            raise ValueError(
+                f"{type(self).__name__} pairs teacher and student layers one "
+                f"to one; got {len(self._teacher_names)} teacher layers and "
+                f"{len(self._student_names)} student layers."
+            )
+
+    def teacher_layers(self):
+        return tuple(self._teacher_names)
+
+    def student_layers(self):
+        return tuple(self._student_names)
+
+    def compute_loss(
+        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+    ):
+        total = 0.0
+        for index, (t_name, s_name) in enumerate(
+            zip(self._teacher_names, self._student_names)
+        ):
+            teacher = teacher_outputs[t_name]
+            student = self.map_student(index, student_outputs[s_name])
+            self.validate_outputs(teacher, student)
+            values = self.per_sample(teacher, student)
+            mask = get_keras_mask(student)
+            if mask is not None and len(mask.shape) != len(values.shape):
+                mask = None  # a sequence mask on a pooled feature
+            total = total + weighted_mean(values, sample_weight, mask)
+        return total
+
+    def map_student(self, index, student):
+        """Transforms the student feature of pair `index`; identity here."""
+        return student
+
+    def per_sample(self, teacher, student, labels=None):
+        raise NotImplementedError
+
+    def _config_layers(self, value):
+        return value[0] if len(value) == 1 else list(value)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["output"]
+        return {
+            **config,
+            "teacher_layers": self._config_layers(self._teacher_names),
+            "student_layers": self._config_layers(self._student_names),
+        }
+
+
+def hidden_cosine(teacher_hidden, student_hidden):
+    """One minus the cosine similarity of hidden states, per position.
+
+    The cosine-embedding term of DistilBERT's triple loss: it aligns the
+    directions of the student's hidden states with the teacher's.
+
+    Args:
+        teacher_hidden: teacher features, shape `(B, ..., D)`.
+        student_hidden: student features of the same shape.
+
+    Returns:
+        `1 - cos(teacher, student)` over the last axis, shape `(B, ...)`.
+
+    Reference:
+        Sanh, Debut, Chaumond and Wolf, "DistilBERT, a distilled version of
+        BERT: smaller, faster, cheaper and lighter", 2019.
+    """
+    t = ops.cast(teacher_hidden, "float32")
+    s = ops.cast(student_hidden, "float32")
+    dot = ops.sum(t * s, axis=-1)
+    norms = ops.sqrt(
+        ops.maximum(ops.sum(t * t, axis=-1) * ops.sum(s * s, axis=-1), 1e-24)
+    )
+    return 1.0 - dot / norms
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class HiddenCosine(LayerPairLoss):
+    """Aligns the student's hidden states with the teacher's, by direction.
+
+    `1 - cos(teacher_hidden, student_hidden)` per position, averaged over
+    unpadded positions (the student's padding mask) with `sample_weight`,
+    summed over layer pairs. The paired layers must have the same width.
+
+    Args:
+        teacher_layer: a teacher layer name, or a list of them.
+        student_layer: the matching student layer name(s).
+        name: the loss's name in the logs. Defaults to `"hidden_cosine"`.
+
+    Example:
+
+    ```python
+    keras_distill.losses.HiddenCosine("encoder_out", "encoder_out")
+    ```
+
+    Reference:
+        Sanh et al., "DistilBERT, a distilled version of BERT", 2019.
+    """
+
+    def __init__(self, teacher_layer, student_layer, name=None, **kwargs):
+        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        t, s = teacher_outputs.shape[-1], student_outputs.shape[-1]
+        if t is not None and s is not None and t != s:
+            raise ValueError(
+                f"HiddenCosine compares hidden states of equal width, but the "
+                f"teacher's have {t} features and the student's {s}. Pair "
+                "layers of the same width."
+            )
+
+    def per_sample(self, teacher, student, labels=None):
+        return hidden_cosine(teacher, student)
+
+    def get_config(self):
+        config = super().get_config()
+        config["teacher_layer"] = config.pop("teacher_layers")
+        config["student_layer"] = config.pop("student_layers")
+        return config
+
+
+def connector_for(student_shape, teacher_shape, name=None):
+    """A layer mapping student features of one shape to the teacher's shape.
+
+    - Vectors and sequences `(B, ..., D_s)` of the teacher's leading shape: a
+      `Dense(D_t)` projection.
+    - Feature maps `(B, H, W, C_s)`: a 1x1 `Conv2D(C_t)` when the spatial
+      sizes agree; otherwise the FitNets regressor, a convolution with
+      "valid" padding whose kernel shrinks `(H_s, W_s)` to `(H_t, W_t)`
+      (a transposed convolution when the student's map is the smaller).
+
+    Args:
+        student_shape: the student feature's shape, batch axis included.
+        teacher_shape: the teacher feature's shape, batch axis included.
+        name: the layer's name. Defaults to `None`.
+
+    Returns:
+        An unbuilt `keras.layers.Layer`.
+
+    Raises:
+        ValueError: for shapes no connector of these kinds can map.
+    """
+    student_shape, teacher_shape = tuple(student_shape), tuple(teacher_shape)
+    if len(student_shape) == 4 and len(teacher_shape) == 4:
+        (hs, ws, _), (ht, wt, channels) = student_shape[1:], teacher_shape[1:]
+        if (hs, ws) == (ht, wt):
+            return keras.layers.Conv2D(channels, 1, name=name)
+        if hs >= ht and ws >= wt:
+            return keras.layers.Conv2D(
+                channels, (hs - ht + 1, ws - wt + 1), padding="valid", name=name
+            )
+        if hs <= ht and ws <= wt:
+            return keras.layers.Conv2DTranspose(
+                channels, (ht - hs + 1, wt - ws + 1), padding="valid", name=name
+            )
+    elif len(student_shape) == len(teacher_shape) and (
+        student_shape[1:-1] == teacher_shape[1:-1]
+    ):
+        return keras.layers.Dense(teacher_shape[-1], name=name)
+    raise ValueError(
+        f"No automatic connector maps student features of shape "
+        f"{student_shape} to the teacher's {teacher_shape}: pass a Keras layer "
+        "as `connector=` that does."
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class FitNet(LayerPairLoss):
+    """FitNets hint regression through a learned connector.
+
+    The student's guided layer is mapped to the shape of the teacher's hint
+    layer by a connector (`connector_for` builds one from the two shapes, or
+    pass any Keras layer), and the loss is the mean squared error between
+    the connector's output and the teacher's hint, per position, averaged
+    with `sample_weight` and padding masks, summed over layer pairs. The
+    connectors belong to this loss: the Distiller's optimizer trains them,
+    they are saved with the Distiller, and `export_student` leaves them out.
+
+    Args:
+        teacher_layer: the hint layer's name, or a list of them.
+        student_layer: the guided layer's name(s), one per hint layer.
+        connector: `"auto"`, a Keras layer, or a list with one of either per
+            layer pair. Defaults to `"auto"`.
+        name: the loss's name in the logs. Defaults to `"fit_net"`.
+
+    Example:
+
+    ```python
+    hints = keras_distill.losses.FitNet(
+        teacher_layer=["block2", "block3"], student_layer=["conv2", "conv3"]
+    )
+    ```
+
+    Reference:
+        Romero, Ballas, Kahou, Chassang, Gatta and Bengio, "FitNets: Hints
+        for Thin Deep Nets", ICLR 2015.
+    """
+
+    def __init__(
+        self, teacher_layer, student_layer, connector="auto", name=None, **kwargs
+    ):
+        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
+        count = len(self._teacher_names)
+        connectors = connector if isinstance(connector, (list, tuple)) else (
+            [connector] * count
+        )
+        if len(connectors) != count:
+            raise ValueError(
+                f"FitNet got {len(connectors)} connectors for {count} layer "
+                "pairs; give one per pair, or a single one for all."
+            )
+        for c in connectors:
+            if c != "auto" and not isinstance(c, keras.layers.Layer):
+                raise TypeError(
+                    f"FitNet: a connector must be 'auto' or a Keras layer; "
+                    f"received {c!r}."
+                )
+        self._connector_spec = list(connectors)
+        self.connectors = []
+        self.built = False
+
+    def build(self, teacher_shapes, student_shapes):
+        """Creates the connectors from the tapped features' shapes.
+
+        Args:
+            teacher_shapes: dict of teacher layer name to feature shape.
+            student_shapes: dict of student layer name to feature shape.
+        """
+        for i, (t_name, s_name, spec) in enumerate(
+            zip(self._teacher_names, self._student_names, self._connector_spec)
+        ):
+            t_shape = tuple(teacher_shapes[t_name])
+            s_shape = tuple(student_shapes[s_name])
+            layer = (
+                connector_for(s_shape, t_shape, name=f"connector_{i}")
+                if spec == "auto"
+                else spec
+            )
+            if not layer.built:
+                layer.build(s_shape)
+            out_shape = tuple(layer.compute_output_shape(s_shape))
+            if out_shape[1:] != t_shape[1:]:
+                raise ValueError(
+                    f"FitNet's connector for {s_name!r} -> {t_name!r} gives "
+                    f"features of shape {out_shape}, not the teacher's "
+                    f"{t_shape}."
+                )
+            self.connectors.append(layer)
+
+    def map_student(self, index, student):
+        # A Keras layer call carries the padding mask over where it applies.
+        return self.connectors[index](student)
+
+    def per_sample(self, teacher, student, labels=None):
+        difference = ops.cast(student, "float32") - ops.cast(teacher, "float32")
+        return ops.mean(ops.square(difference), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["teacher_layer"] = config.pop("teacher_layers")
+        config["student_layer"] = config.pop("student_layers")
+        connectors = [
+            c if c == "auto" else keras.saving.serialize_keras_object(c)
+            for c in self._connector_spec
+        ]
+        config["connector"] = connectors[0] if len(connectors) == 1 else connectors
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        connector = config["connector"]
+        config["connector"] = (
+            [c if c == "auto" else keras.saving.deserialize_keras_object(c)
+             for c in connector]
+            if isinstance(connector, list)
+            else connector
+            if connector == "auto"
+            else keras.saving.deserialize_keras_object(connector)
+        )
+        return cls(**config)
