@@ -25,3 +25,13 @@ def get_keras_mask(x):
     if _get_mask is None:  # pragma: no cover
         return getattr(x, "_keras_mask", None)
     return _get_mask(x)
+
+
+def child_layers(layer):
+    """The layers directly inside `layer` (a model or a composite layer).
+
+    Keras tracks sublayers of every layer, but only models expose them
+    publicly (`Model.layers`); composite layers such as a keras-hub
+    `TransformerEncoder` do not.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))

@@ -10,6 +10,7 @@ from keras import ops
 from keras_distill._keras_internals import get_keras_mask
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import combined_weights
+from keras_distill.taps import LayerTaps
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
@@ -119,20 +120,19 @@ class Distiller(keras.Model):
 
         for loss in losses:
             loss.validate_model_compatibility(teacher, student)
-        self._taps = _Taps(
-            teacher=_feature_extractor(
-                teacher, "teacher", [n for l in losses for n in l.teacher_layers()]
-            ),
-            student=_feature_extractor(
-                student, "student", [n for l in losses for n in l.student_layers()]
-            ),
+        self._teacher_taps = LayerTaps(
+            teacher, [p for l in losses for p in l.teacher_layers()], "teacher"
         )
+        self._student_taps = LayerTaps(
+            student, [p for l in losses for p in l.student_layers()], "student"
+        )
+        object.__setattr__(self, "_student_features", {})
         self._check_symbolic_outputs()
         for loss in losses:
             if not loss.built:  # e.g. FitNet's connectors, sized from the taps
                 loss.build(
-                    _feature_shapes(self._taps.teacher),
-                    _feature_shapes(self._taps.student),
+                    self._teacher_taps.feature_shapes(),
+                    self._student_taps.feature_shapes(),
                 )
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -237,12 +237,13 @@ class Distiller(keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
-        """Runs the student; returns its outputs."""
-        if self._taps.student is None:
-            return self.student(inputs, training=training)
-        outputs, self._taps.student_features = self._taps.student(
-            inputs, training=training
-        )
+        """Runs the student; returns its outputs.
+
+        The outputs of the layers the losses tap are kept for `compute_loss`
+        of the same step, so the student runs once.
+        """
+        outputs, features = self._student_taps(inputs, training=training)
+        object.__setattr__(self, "_student_features", features)
         return outputs
 
     def compute_loss(
@@ -250,7 +251,8 @@ class Distiller(keras.Model):
     ):
         if y_pred is None:
             y_pred = self(x, training=training)
-        student_features = self._taps.take_student_features()
+        student_features = self._student_features
+        object.__setattr__(self, "_student_features", {})
         batch_size = ops.shape(keras.tree.flatten(y_pred)[0])[0]
 
         # The student's terms come first, before the teacher runs, so that
@@ -295,10 +297,7 @@ class Distiller(keras.Model):
 
     def _run_teacher(self, x):
         """One teacher pass: its outputs and tapped features, without gradient."""
-        if self._taps.teacher is None:
-            outputs, features = self.teacher(x, training=False), {}
-        else:
-            outputs, features = self._taps.teacher(x, training=False)
+        outputs, features = self._teacher_taps(x, training=False)
         outputs = keras.tree.map_structure(ops.stop_gradient, outputs)
         features = keras.tree.map_structure(ops.stop_gradient, features)
         finite = [
@@ -411,26 +410,6 @@ class Distiller(keras.Model):
             for c in config["distillation_losses"]
         ]
         return cls(**config)
-
-
-class _Taps:
-    """Feature extractors sharing the models' layers, kept out of tracking.
-
-    Each extractor is a Functional model over the same layers as its model,
-    returning `(outputs, {layer_name: layer_output})` from one forward pass.
-    Tracking it would save every student weight twice, so the Distiller holds
-    it in this plain object. The student's features travel from `call` to
-    `compute_loss` of the same step here.
-    """
-
-    def __init__(self, teacher, student):
-        self.teacher = teacher
-        self.student = student
-        self.student_features = {}
-
-    def take_student_features(self):
-        features, self.student_features = self.student_features, {}
-        return features
 
 
 class _TeacherOutputCheck(keras.callbacks.Callback):
@@ -546,37 +525,3 @@ def _symbolic_outputs(model):
         return model.output
     except (AttributeError, ValueError):
         return None
-
-
-def _feature_shapes(extractor):
-    """`{layer_name: shape}` of the features an extractor returns."""
-    if extractor is None:
-        return {}
-    return {name: tuple(f.shape) for name, f in extractor.output[1].items()}
-
-
-def _feature_extractor(model, role, layer_names):
-    """A Functional model returning `(outputs, {name: feature})`, or `None`."""
-    names = list(dict.fromkeys(layer_names))
-    if not names:
-        return None
-    outputs = _symbolic_outputs(model)
-    if outputs is None:
-        raise ValueError(
-            f"Reading intermediate layers ({names}) needs a Functional or "
-            f"Sequential {role}; {model.name!r} is a subclassed model without "
-            "symbolic inputs. Distil its outputs instead, or build it "
-            "functionally."
-        )
-    available = [layer.name for layer in model.layers]
-    features = {}
-    for name in names:
-        if name not in available:
-            raise ValueError(
-                f"The {role} {model.name!r} has no layer named {name!r}. "
-                f"Available layers: {available}."
-            )
-        features[name] = model.get_layer(name).output
-    return keras.Model(
-        model.inputs, (outputs, features), name=f"{model.name}_with_features"
-    )

@@ -110,3 +110,61 @@ def logits(shape, seed, scale=2.0):
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(to_np(actual), expected, rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------
+# Feature- and attention-based losses
+# ---------------------------------------------------------------------------
+
+
+def ref_hidden_cosine(teacher, student):
+    """DistilBERT's cosine-embedding term: 1 - cos(t, s) over the last axis.
+
+    A zero vector has no direction; like `torch.nn.CosineSimilarity` (whose
+    norms are clamped by an epsilon) its cosine with anything is taken as 0.
+    """
+    t = np.asarray(teacher, np.float64)
+    s = np.asarray(student, np.float64)
+    norms = np.linalg.norm(t, axis=-1) * np.linalg.norm(s, axis=-1)
+    dot = np.einsum("...d,...d->...", t, s)
+    cos = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+    return 1.0 - cos
+
+
+def ref_spatial_attention(feature_map, p=2.0):
+    """Zagoruyko & Komodakis 2017: the channel-wise mean of |F|^p."""
+    f = np.asarray(feature_map, np.float64)
+    return np.mean(np.abs(f) ** p, axis=-1)
+
+
+def np_block_mean(attention, size):
+    """Average-pools `(B, H, W)` to `size = (h, w)` by non-overlapping blocks."""
+    attention = np.asarray(attention, np.float64)
+    batch, height, width = attention.shape
+    kh, kw = height // size[0], width // size[1]
+    out = np.zeros((batch, size[0], size[1]))
+    for i in range(size[0]):
+        for j in range(size[1]):
+            block = attention[:, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw]
+            out[:, i, j] = block.mean(axis=(1, 2))
+    return out
+
+
+def ref_attention_transfer(teacher_map, student_map, p=2.0):
+    """Attention transfer per sample: mean over positions of (a_s - a_t)^2.
+
+    `a` is the flattened, L2-normalised channel mean of |F|^p; on images of
+    different spatial sizes the larger map is block-averaged to the smaller.
+    """
+    a_t = ref_spatial_attention(teacher_map, p)
+    a_s = ref_spatial_attention(student_map, p)
+    if a_t.ndim == 3 and a_t.shape != a_s.shape:
+        if a_t.shape[1] * a_t.shape[2] > a_s.shape[1] * a_s.shape[2]:
+            a_t = np_block_mean(a_t, a_s.shape[1:])
+        else:
+            a_s = np_block_mean(a_s, a_t.shape[1:])
+    a_t = a_t.reshape(a_t.shape[0], -1)
+    a_s = a_s.reshape(a_s.shape[0], -1)
+    a_t = a_t / np.linalg.norm(a_t, axis=-1, keepdims=True)
+    a_s = a_s / np.linalg.norm(a_s, axis=-1, keepdims=True)
+    return np.mean((a_s - a_t) ** 2, axis=-1)

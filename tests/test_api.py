@@ -12,7 +12,8 @@ def test_public_names():
     ]
     assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
     assert losses.CLASSES == [
-        "DIST", "DKD", "DistillationLoss", "FeatureDistillation", "KD",
+        "AttentionTransfer", "DIST", "DKD", "DistillationLoss",
+        "FeatureDistillation", "FitNet", "HiddenCosine", "KD", "LayerPairLoss",
         "LogitsDistillation",
     ]
     for module in (keras_distill, callbacks, losses):

@@ -464,7 +464,7 @@ def test_compile_needs_a_loss_while_the_student_loss_counts():
 
 
 def test_unknown_feature_layer_lists_the_available_ones():
-    with pytest.raises(ValueError, match=r"Available layers: \['hidden', 'logits'\]"):
+    with pytest.raises(ValueError, match=r"Available layer paths: \[.hidden., .logits.\]"):
         make_distiller(
             keras_distill.FeatureDistillation(
                 teacher_layer_name="hiden", student_layer_name="hidden"
