@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_distill._keras_internals import get_keras_mask
 from keras_distill.losses.feature import LayerPairLoss
 
 
@@ -36,7 +37,7 @@ def _pool_to(attention, size):
     return ops.mean(pooled, axis=(2, 4))
 
 
-def attention_transfer(teacher_map, student_map, p=2.0):
+def attention_transfer(teacher_map, student_map, p=2.0, mask=None):
     """Attention transfer between two feature maps, per sample.
 
     `a(F)` is the channel-wise mean of `|F|^p`, flattened and L2-normalised;
@@ -49,6 +50,9 @@ def attention_transfer(teacher_map, student_map, p=2.0):
         teacher_map: teacher features `(B, H, W, C_t)`.
         student_map: student features `(B, h, w, C_s)`.
         p: the exponent. Defaults to 2 (the paper's choice).
+        mask: for sequences `(B, L, C)`, an optional boolean mask `(B, L)`;
+            padded positions are left out of both attention maps. Defaults
+            to `None`.
 
     Returns:
         A float32 tensor of shape `(B,)`.
@@ -58,6 +62,9 @@ def attention_transfer(teacher_map, student_map, p=2.0):
         ICLR 2017.
     """
     a_t, a_s = spatial_attention(teacher_map, p), spatial_attention(student_map, p)
+    if mask is not None and len(a_t.shape) == 2:
+        mask = ops.cast(mask, "float32")
+        a_t, a_s = a_t * mask, a_s * mask
     if len(a_t.shape) == 3:
         (h_t, w_t), (h_s, w_s) = a_t.shape[1:], a_s.shape[1:]
         if h_t * w_t > h_s * w_s:
@@ -130,7 +137,7 @@ class AttentionTransfer(LayerPairLoss):
             )
 
     def per_sample(self, teacher, student, labels=None):
-        return attention_transfer(teacher, student, self.p)
+        return attention_transfer(teacher, student, self.p, get_keras_mask(student))
 
     def get_config(self):
         return {**super().get_config(), "p": self.p}

@@ -381,3 +381,25 @@ def test_serialization_round_trip(kwargs):
     )
     np.testing.assert_allclose(original, expected, rtol=1e-4)
     assert_close(restored.compute_loss(teacher, student), original, rtol=0, atol=0)
+
+
+def test_padded_positions_are_left_out_of_sequence_attention():
+    tokens = np.array([[3, 5, 2, 0, 0], [7, 1, 0, 0, 0]], "int32")
+    embed = keras.Sequential(
+        [keras.Input((5,), dtype="int32"), keras.layers.Embedding(9, 4, mask_zero=True)]
+    )
+    student = embed(tokens)
+    teacher = logits((2, 5, 6), seed=3)
+    loss = AttentionTransfer("t", "s")
+    value = loss.compute_loss({"t": teacher}, {"s": student})
+
+    valid = (tokens != 0).astype("float64")
+    a_t = ref_spatial_attention(teacher, 2.0) * valid
+    a_s = ref_spatial_attention(to_np(student), 2.0) * valid
+    a_t /= np.linalg.norm(a_t, axis=-1, keepdims=True)
+    a_s /= np.linalg.norm(a_s, axis=-1, keepdims=True)
+    assert_close(value, np.mean((a_s - a_t) ** 2))
+
+    changed = teacher.copy()
+    changed[tokens == 0] = 100.0
+    assert_close(loss.compute_loss({"t": changed}, {"s": student}), to_np(value))
