@@ -8,10 +8,11 @@ PY := $(VENV)/bin/python
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml ci/requirements.txt
+$(VENV)/.installed: pyproject.toml ci/requirements.txt ci/requirements-no-deps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r ci/requirements.txt -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps -r ci/requirements-no-deps.txt
 	touch $@
 
 # The quickstart distillation (scikit-learn's digits: no download).

@@ -1,0 +1,60 @@
+"""keras-hub models as teachers and students (small configurations, built
+from their constructors: presets would download from a hub)."""
+
+import keras
+import keras_hub
+import numpy as np
+
+import keras_distill
+from keras_distill.losses import KD
+from keras_distill.losses import HiddenCosine
+from keras_distill.taps import LayerTaps
+
+
+def bert_classifier(num_layers, name):
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=num_layers, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=12, name="backbone",
+    )
+    return keras_hub.models.BertTextClassifier(
+        backbone=backbone, num_classes=2, preprocessor=None, name=name
+    )
+
+
+def batch(n=32):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, (n, 12))
+    ids[:, 9:] = 0
+    x = {"token_ids": ids, "segment_ids": np.zeros_like(ids),
+         "padding_mask": ids != 0}
+    return x, rng.integers(0, 2, n)
+
+
+def test_transformer_layer_outputs_are_tapped_in_the_forward_pass():
+    model = bert_classifier(2, "teacher")
+    x, _ = batch(4)
+    outputs, features = LayerTaps(model, ["backbone/transformer_layer_1"])(x)
+    assert tuple(features["backbone/transformer_layer_1"].shape) == (4, 12, 16)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(outputs),
+        keras.ops.convert_to_numpy(model(x, training=False)),
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_half_depth_bert_student_learns_hidden_states_and_logits():
+    x, y = batch()
+    teacher, student = bert_classifier(2, "teacher"), bert_classifier(1, "student")
+    distiller = keras_distill.Distiller(
+        teacher,
+        student,
+        [KD(temperature=2.0),
+         HiddenCosine("backbone/transformer_layer_1", "backbone/transformer_layer_0")],
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = distiller.fit(x, y, epochs=3, batch_size=8, verbose=0).history
+    assert history["hidden_cosine"][-1] < history["hidden_cosine"][0]
+    assert np.all(np.isfinite(history["kd"]))
