@@ -168,3 +168,48 @@ def ref_attention_transfer(teacher_map, student_map, p=2.0):
     a_t = a_t / np.linalg.norm(a_t, axis=-1, keepdims=True)
     a_s = a_s / np.linalg.norm(a_s, axis=-1, keepdims=True)
     return np.mean((a_s - a_t) ** 2, axis=-1)
+
+
+def grad_wrt(fn, x):
+    """d fn(x) / dx as a NumPy array, with the backend's own autodiff.
+
+    The only backend-specific code of the tests: it checks gradients.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return tape.gradient(value, x).numpy()
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    fn(x).backward()
+    return x.grad.detach().cpu().numpy()
+
+
+def layer_output(model, layer_name, x):
+    """What layer `layer_name` of a Functional `model` gives for `x`."""
+    extractor = keras.Model(model.inputs, model.get_layer(layer_name).output)
+    return extractor.predict(x, verbose=0)
+
+
+def fit_and_evaluate(distiller, x, y, loss_name, epochs=3):
+    """Trains a compiled Distiller; checks that `loss_name` fell, finitely.
+
+    Returns:
+        The `evaluate` logs after training, as a dict.
+    """
+    history = distiller.fit(x, y, epochs=epochs, batch_size=16, verbose=0).history
+    values = np.asarray(history[loss_name])
+    assert values.shape == (epochs,)
+    assert np.all(np.isfinite(values))
+    assert values[-1] < 0.95 * values[0], values
+    return distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)

@@ -17,6 +17,9 @@ from keras_distill.losses import AttentionTransfer
 from keras_distill.losses import attention_transfer
 from keras_distill.losses import spatial_attention
 from tests.reference import assert_close
+from tests.reference import fit_and_evaluate
+from tests.reference import grad_wrt
+from tests.reference import layer_output
 from tests.reference import logits
 from tests.reference import np_block_mean
 from tests.reference import ref_attention_transfer
@@ -25,28 +28,6 @@ from tests.reference import to_np
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 EXPONENTS = (1.0, 2.0, 4.0)
-
-
-def grad_wrt(fn, x):
-    """d fn(x) / dx as a NumPy array, with the backend's autodiff."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return tape.gradient(value, x).numpy()
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    fn(x).backward()
-    return x.grad.detach().cpu().numpy()
 
 
 def fmap(shape, seed):
@@ -315,19 +296,9 @@ def test_distiller_trains_and_evaluates_attention_transfer():
         distillation_loss_weights=[100.0],
     )
     distiller.compile(optimizer=keras.optimizers.Adam(0.01), loss=SCCE)
-    history = distiller.fit(x, y, epochs=3, batch_size=16, verbose=0).history
-    values = np.asarray(history["attention_transfer"])
-    assert values.shape == (3,)
-    assert np.all(np.isfinite(values))
-    assert values[-1] < 0.95 * values[0], values
-
-    logs = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
-    t_map = keras.Model(teacher.inputs, teacher.get_layer("t_conv").output).predict(
-        x, verbose=0
-    )
-    s_map = keras.Model(student.inputs, student.get_layer("s_conv").output).predict(
-        x, verbose=0
-    )
+    logs = fit_and_evaluate(distiller, x, y, "attention_transfer")
+    t_map = layer_output(teacher, "t_conv", x)
+    s_map = layer_output(student, "s_conv", x)
     assert t_map.shape == (64, 8, 8, 8) and s_map.shape == (64, 4, 4, 2)
     expected = ref_attention_transfer(t_map, s_map, 2.0).mean()
     assert expected > 0

@@ -21,33 +21,14 @@ from tests.conftest import mlp
 from tests.reference import S_FIXED
 from tests.reference import T_FIXED
 from tests.reference import assert_close
+from tests.reference import fit_and_evaluate
+from tests.reference import grad_wrt
+from tests.reference import layer_output
 from tests.reference import logits
 from tests.reference import ref_hidden_cosine
 from tests.reference import to_np
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def grad_wrt(fn, x):
-    """d fn(x) / dx as a NumPy array, with the backend's autodiff."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return tape.gradient(value, x).numpy()
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    fn(x).backward()
-    return x.grad.detach().cpu().numpy()
 
 
 TOKENS = np.array([[1, 2, 3, 0, 0], [4, 5, 1, 2, 0], [3, 0, 0, 0, 0]], "int32")
@@ -297,19 +278,9 @@ def test_distiller_trains_and_evaluates_hidden_cosine():
         distillation_loss_weights=[1.0],
     )
     distiller.compile(optimizer=keras.optimizers.Adam(0.01), loss=SCCE)
-    history = distiller.fit(x, y, epochs=3, batch_size=16, verbose=0).history
-    values = np.asarray(history["hidden_cosine"])
-    assert values.shape == (3,)
-    assert np.all(np.isfinite(values))
-    assert values[-1] < 0.95 * values[0], values
-
-    logs = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
-    t_hidden = keras.Model(teacher.inputs, teacher.get_layer("hidden").output).predict(
-        x, verbose=0
-    )
-    s_hidden = keras.Model(student.inputs, student.get_layer("hidden").output).predict(
-        x, verbose=0
-    )
+    logs = fit_and_evaluate(distiller, x, y, "hidden_cosine")
+    t_hidden = layer_output(teacher, "hidden", x)
+    s_hidden = layer_output(student, "hidden", x)
     expected = ref_hidden_cosine(t_hidden, s_hidden).mean()
     assert 0.0 < expected < 1.0
     np.testing.assert_allclose(logs["hidden_cosine"], expected, rtol=1e-4, atol=1e-6)

@@ -22,6 +22,7 @@ from keras_distill.losses import kd
 from tests.reference import S_FIXED
 from tests.reference import T_FIXED
 from tests.reference import assert_close
+from tests.reference import grad_wrt
 from tests.reference import logits
 from tests.reference import np_softmax
 from tests.reference import ref_dist
@@ -32,28 +33,6 @@ from tests.reference import to_np
 
 DIVERGENCES = ("forward", "reverse", "js")
 LABELS_FIXED = [1, 2, 3]
-
-
-def grad_wrt(fn, x):
-    """d fn(x) / dx as a NumPy array, with the backend's autodiff."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return tape.gradient(value, x).numpy()
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
-    fn(x).backward()
-    return x.grad.detach().cpu().numpy()
 
 
 def padded_student(vocab=6, classes=4, seed=0):
