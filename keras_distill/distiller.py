@@ -276,6 +276,7 @@ class Distiller(keras.Model):
                 student_features if loss.student_layers() else y_pred,
                 labels=y,
                 sample_weight=sample_weight,
+                inputs=x,
             )
             value = ops.cast(value, "float32")
             if len(value.shape) != 0:

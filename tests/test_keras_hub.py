@@ -9,6 +9,8 @@ import keras_distill
 from keras_distill.losses import KD
 from keras_distill.losses import HiddenCosine
 from keras_distill.taps import LayerTaps
+from tests.reference import ref_hidden_cosine
+from tests.reference import to_np
 
 
 def bert_classifier(num_layers, name):
@@ -49,7 +51,8 @@ def test_half_depth_bert_student_learns_hidden_states_and_logits():
         teacher,
         student,
         [KD(temperature=2.0),
-         HiddenCosine("backbone/transformer_layer_1", "backbone/transformer_layer_0")],
+         HiddenCosine("backbone/transformer_layer_1", "backbone/transformer_layer_0",
+                      input_mask="padding_mask")],
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -58,3 +61,13 @@ def test_half_depth_bert_student_learns_hidden_states_and_logits():
     history = distiller.fit(x, y, epochs=3, batch_size=8, verbose=0).history
     assert history["hidden_cosine"][-1] < history["hidden_cosine"][0]
     assert np.all(np.isfinite(history["kd"]))
+
+    # Padded positions (the last three of every sample) take no part.
+    logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    _, t_features = LayerTaps(teacher, ["backbone/transformer_layer_1"])(x)
+    _, s_features = LayerTaps(student, ["backbone/transformer_layer_0"])(x)
+    expected = ref_hidden_cosine(
+        to_np(t_features["backbone/transformer_layer_1"]),
+        to_np(s_features["backbone/transformer_layer_0"]),
+    )[x["padding_mask"]].mean()
+    np.testing.assert_allclose(logs["hidden_cosine"], expected, rtol=1e-4)

@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from keras_distill._keras_internals import get_keras_mask
 from keras_distill.losses.feature import LayerPairLoss
 
 
@@ -92,6 +91,9 @@ class AttentionTransfer(LayerPairLoss):
         teacher_layers: teacher layer name(s) of channels-last feature maps.
         student_layers: the matching student layer name(s).
         p: the exponent of `|F|^p`. Defaults to 2.
+        input_mask: for sequence features, the key of a dict input holding a
+            boolean mask of real positions. Defaults to `None`: the features'
+            own Keras mask, if any.
         name: the loss's name in the logs. Defaults to
             `"attention_transfer"`.
 
@@ -111,8 +113,18 @@ class AttentionTransfer(LayerPairLoss):
         ICLR 2017.
     """
 
-    def __init__(self, teacher_layers, student_layers, p=2.0, name=None, **kwargs):
-        super().__init__(teacher_layers, student_layers, name=name, **kwargs)
+    def __init__(
+        self,
+        teacher_layers,
+        student_layers,
+        p=2.0,
+        input_mask=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            teacher_layers, student_layers, input_mask=input_mask, name=name, **kwargs
+        )
         self.p = float(p)
         if self.p <= 0:
             raise ValueError(f"AttentionTransfer: `p` must be > 0; received {p}.")
@@ -136,8 +148,8 @@ class AttentionTransfer(LayerPairLoss):
                 f"{t_len} (teacher) and {s_len} (student)."
             )
 
-    def per_sample(self, teacher, student, labels=None):
-        return attention_transfer(teacher, student, self.p, get_keras_mask(student))
+    def per_sample(self, teacher, student, mask=None):
+        return attention_transfer(teacher, student, self.p, mask)
 
     def get_config(self):
         return {**super().get_config(), "p": self.p}

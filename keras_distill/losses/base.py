@@ -217,7 +217,12 @@ class DistillationLoss(keras.layers.Layer):
         """
 
     def compute_loss(
-        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        sample_weight=None,
+        inputs=None,
     ):
         """Computes the scalar loss for one batch.
 
@@ -229,6 +234,8 @@ class DistillationLoss(keras.layers.Layer):
                 to `None`.
             sample_weight: per-sample weights (Keras turns `class_weight`
                 into these). Defaults to `None`.
+            inputs: the batch's inputs, for losses that read them (such as a
+                padding mask given as an input). Defaults to `None`.
 
         Returns:
             A float32 scalar.

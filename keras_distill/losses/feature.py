@@ -27,20 +27,29 @@ def _names(layers, argument):
 class LayerPairLoss(DistillationLoss):
     """Base class of losses between pairs of teacher and student layers.
 
-    Subclasses implement `per_sample(teacher_feature, student_feature)`,
-    returning one value per sample (or per position); the base class averages
-    it with `sample_weight` and the student feature's padding mask, and sums
-    over the layer pairs.
+    Subclasses implement `per_sample(teacher_feature, student_feature,
+    mask=None)`, returning one value per sample (or per position); the base
+    class averages it with `sample_weight` and the padding mask, and sums
+    over the layer pairs. The padding mask is the one Keras attached to the
+    student's feature (`Embedding(mask_zero=True)`, `Masking`), or, for
+    models that take it as an input (keras-hub's `"padding_mask"`), the
+    input named by `input_mask`.
 
     Args:
         teacher_layers: a teacher layer name, or a list of them.
         student_layers: the student layer name(s), one per teacher layer.
+        input_mask: the key of a dict input holding a boolean mask of real
+            (not padded) positions, shape `(B, T)`. Defaults to `None`: the
+            features' own Keras mask, if any.
         name: the loss's name in the logs.
         **kwargs: other `DistillationLoss` arguments.
     """
 
-    def __init__(self, teacher_layers, student_layers, name=None, **kwargs):
+    def __init__(
+        self, teacher_layers, student_layers, input_mask=None, name=None, **kwargs
+    ):
         super().__init__(name=name, **kwargs)
+        self.input_mask = input_mask
         self._teacher_names = _names(teacher_layers, "teacher_layers")
         self._student_names = _names(student_layers, "student_layers")
         if len(self._teacher_names) != len(self._student_names):
@@ -57,7 +66,12 @@ class LayerPairLoss(DistillationLoss):
         return tuple(self._student_names)
 
     def compute_loss(
-        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        sample_weight=None,
+        inputs=None,
     ):
         total = 0.0
         for index, (t_name, s_name) in enumerate(
@@ -66,18 +80,30 @@ class LayerPairLoss(DistillationLoss):
             teacher = teacher_outputs[t_name]
             student = self.map_student(index, student_outputs[s_name])
             self.validate_outputs(teacher, student)
-            values = self.per_sample(teacher, student)
-            mask = get_keras_mask(student)
+            mask = self._padding_mask(student, inputs)
+            values = self.per_sample(teacher, student, mask=mask)
             if mask is not None and len(mask.shape) != len(values.shape):
-                mask = None  # a sequence mask on a pooled feature
+                mask = None  # a sequence mask on a per-sample value
             total = total + weighted_mean(values, sample_weight, mask)
         return total
+
+    def _padding_mask(self, student, inputs):
+        if self.input_mask is None:
+            return get_keras_mask(student)
+        if not isinstance(inputs, dict) or self.input_mask not in inputs:
+            available = list(inputs) if isinstance(inputs, dict) else "not a dict"
+            raise ValueError(
+                f"{type(self).__name__}(input_mask={self.input_mask!r}) reads "
+                f"the padding mask from the inputs, but the inputs have no "
+                f"such key (keys: {available})."
+            )
+        return inputs[self.input_mask]
 
     def map_student(self, index, student):
         """Transforms the student feature of pair `index`; identity here."""
         return student
 
-    def per_sample(self, teacher, student, labels=None):
+    def per_sample(self, teacher, student, mask=None):
         raise NotImplementedError
 
     def _config_layers(self, value):
@@ -90,6 +116,7 @@ class LayerPairLoss(DistillationLoss):
             **config,
             "teacher_layers": self._config_layers(self._teacher_names),
             "student_layers": self._config_layers(self._student_names),
+            "input_mask": self.input_mask,
         }
 
 
@@ -130,6 +157,9 @@ class HiddenCosine(LayerPairLoss):
     Args:
         teacher_layer: a teacher layer name, or a list of them.
         student_layer: the matching student layer name(s).
+        input_mask: the key of a dict input holding a boolean mask of real
+            positions (`"padding_mask"` for keras-hub models). Defaults to
+            `None`: the features' own Keras mask, if any.
         name: the loss's name in the logs. Defaults to `"hidden_cosine"`.
 
     Example:
@@ -142,8 +172,12 @@ class HiddenCosine(LayerPairLoss):
         Sanh et al., "DistilBERT, a distilled version of BERT", 2019.
     """
 
-    def __init__(self, teacher_layer, student_layer, name=None, **kwargs):
-        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
+    def __init__(
+        self, teacher_layer, student_layer, input_mask=None, name=None, **kwargs
+    ):
+        super().__init__(
+            teacher_layer, student_layer, input_mask=input_mask, name=name, **kwargs
+        )
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         t, s = teacher_outputs.shape[-1], student_outputs.shape[-1]
@@ -154,7 +188,7 @@ class HiddenCosine(LayerPairLoss):
                 "layers of the same width."
             )
 
-    def per_sample(self, teacher, student, labels=None):
+    def per_sample(self, teacher, student, mask=None):
         return hidden_cosine(teacher, student)
 
     def get_config(self):
@@ -226,6 +260,8 @@ class FitNet(LayerPairLoss):
         student_layer: the guided layer's name(s), one per hint layer.
         connector: `"auto"`, a Keras layer, or a list with one of either per
             layer pair. Defaults to `"auto"`.
+        input_mask: the key of a dict input holding a boolean mask of real
+            positions. Defaults to `None`: the features' own Keras mask.
         name: the loss's name in the logs. Defaults to `"fit_net"`.
 
     Example:
@@ -242,9 +278,17 @@ class FitNet(LayerPairLoss):
     """
 
     def __init__(
-        self, teacher_layer, student_layer, connector="auto", name=None, **kwargs
+        self,
+        teacher_layer,
+        student_layer,
+        connector="auto",
+        input_mask=None,
+        name=None,
+        **kwargs,
     ):
-        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
+        super().__init__(
+            teacher_layer, student_layer, input_mask=input_mask, name=name, **kwargs
+        )
         count = len(self._teacher_names)
         connectors = connector if isinstance(connector, (list, tuple)) else (
             [connector] * count
@@ -296,7 +340,7 @@ class FitNet(LayerPairLoss):
         # A Keras layer call carries the padding mask over where it applies.
         return self.connectors[index](student)
 
-    def per_sample(self, teacher, student, labels=None):
+    def per_sample(self, teacher, student, mask=None):
         difference = ops.cast(student, "float32") - ops.cast(teacher, "float32")
         return ops.mean(ops.square(difference), axis=-1)
 

@@ -81,7 +81,12 @@ class _StructuredLoss(DistillationLoss):
         ]
 
     def compute_loss(
-        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        sample_weight=None,
+        inputs=None,
     ):
         total = 0.0
         for loss_fn, teacher, student in self._pairs(
@@ -218,14 +223,19 @@ class FeatureDistillation(_StructuredLoss):
         return () if self.student_layer_name is None else (self.student_layer_name,)
 
     def compute_loss(
-        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        sample_weight=None,
+        inputs=None,
     ):
         if self.teacher_layer_name is not None:
             teacher_outputs = teacher_outputs[self.teacher_layer_name]
         if self.student_layer_name is not None:
             student_outputs = student_outputs[self.student_layer_name]
         return super().compute_loss(
-            teacher_outputs, student_outputs, labels, sample_weight
+            teacher_outputs, student_outputs, labels, sample_weight, inputs
         )
 
     def validate_outputs(self, teacher_outputs, student_outputs):

@@ -425,7 +425,12 @@ class DIST(DistillationLoss):
         check_class_counts(self, teacher_outputs, student_outputs)
 
     def compute_loss(
-        self, teacher_outputs, student_outputs, labels=None, sample_weight=None
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        sample_weight=None,
+        inputs=None,
     ):
         teacher = self.select_output(teacher_outputs)
         student = self.select_output(student_outputs)

@@ -310,9 +310,10 @@ def test_distiller_trains_and_evaluates_attention_transfer():
 # ---------------------------------------------------------------------------
 
 CONSTRUCTIONS = [
-    {"teacher_layers": "block1", "student_layers": "conv1", "p": 2.0, "name": "at"},
+    {"teacher_layers": "block1", "student_layers": "conv1", "p": 2.0,
+     "input_mask": None, "name": "at"},
     {"teacher_layers": ["b1", "b2"], "student_layers": ["c1", "c2"], "p": 4.0,
-     "name": "attention_transfer"},
+     "input_mask": None, "name": "attention_transfer"},
 ]
 
 

@@ -291,8 +291,10 @@ def test_distiller_trains_and_evaluates_hidden_cosine():
 # ---------------------------------------------------------------------------
 
 CONSTRUCTIONS = [
-    {"teacher_layer": "encoder_out", "student_layer": "enc", "name": "my_cosine"},
-    {"teacher_layer": ["t1", "t2"], "student_layer": ["s1", "s2"], "name": "hidden_cosine"},
+    {"teacher_layer": "encoder_out", "student_layer": "enc", "input_mask": None,
+     "name": "my_cosine"},
+    {"teacher_layer": ["t1", "t2"], "student_layer": ["s1", "s2"],
+     "input_mask": None, "name": "hidden_cosine"},
 ]
 
 
@@ -328,3 +330,14 @@ def test_serialization_round_trip(kwargs):
     )
     np.testing.assert_allclose(original, expected, rtol=1e-5)
     assert_close(restored.compute_loss(teacher, student), original, rtol=0, atol=0)
+
+
+def test_input_mask_reads_padding_from_the_inputs():
+    # keras-hub models take their padding mask as an input, not a Keras mask.
+    t, s = logits((3, 5, 4), seed=11), logits((3, 5, 4), seed=12)
+    padding = TOKENS != 0
+    loss = HiddenCosine("t", "s", input_mask="padding_mask")
+    value = loss.compute_loss({"t": t}, {"s": s}, inputs={"padding_mask": padding})
+    assert_close(value, ref_hidden_cosine(t, s)[padding].mean())
+    with pytest.raises(ValueError, match=r"no such key \(keys: \['token_ids'\]\)"):
+        loss.compute_loss({"t": t}, {"s": s}, inputs={"token_ids": TOKENS})

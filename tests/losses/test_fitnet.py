@@ -96,7 +96,7 @@ def test_serialization_round_trip():
     restored = keras.saving.deserialize_keras_object(config)
     assert restored.get_config() == loss.get_config()
     assert set(FitNet("a", "b").get_config()) == {
-        "name", "teacher_layer", "student_layer", "connector"
+        "name", "teacher_layer", "student_layer", "connector", "input_mask"
     }
 
 
