@@ -1,5 +1,6 @@
 """The examples run end to end: quick modes here, the real runs marked slow."""
 
+import json
 import os
 import subprocess
 import sys
@@ -76,3 +77,17 @@ def test_mnist_script_prints_its_table():
         capture_output=True, text=True, check=True,
     )
     assert "distilled_student" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_feature_distillation_benchmark_prints_its_ratio():
+    script = os.path.join(
+        os.path.dirname(EXAMPLES), "benchmarks", "feature_distillation.py"
+    )
+    result = subprocess.run(
+        [sys.executable, script, "--steps", "3", "--repeats", "1"],
+        capture_output=True, text=True, check=True,
+    )
+    report = json.loads(result.stdout)
+    assert report["backend"] == keras.backend.backend()
+    assert report["ratio_ours_over_keras"] > 0
