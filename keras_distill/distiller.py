@@ -108,6 +108,9 @@ class Distiller(keras.Model):
 
         self.teacher = teacher
         self.student = student
+        # The teacher is built, so its variables are fixed; the trainable
+        # variable lists, read on every step, filter them out by identity.
+        self._teacher_variable_ids = frozenset(id(v) for v in teacher.variables)
         self.distillation_losses = losses
         self.student_loss_weight = self._weight_variable(
             "student_loss_weight", student_loss_weight
@@ -140,10 +143,15 @@ class Distiller(keras.Model):
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
         )
+        # Top-1 agreement is measured on the outputs of the first loss that
+        # compares the models' class predictions.
+        self._agreement_index = next(
+            (i for i, loss in enumerate(losses) if _compares_outputs(loss)), None
+        )
         self.agreement_tracker = (
-            keras.metrics.Mean(name="teacher_agreement")
-            if any(loss.compares_predictions for loss in losses)
-            else None
+            None
+            if self._agreement_index is None
+            else keras.metrics.Mean(name="teacher_agreement")
         )
         self.built = True
 
@@ -163,16 +171,13 @@ class Distiller(keras.Model):
         if teacher_out is None or student_out is None:
             return  # subclassed models: checked when the step is traced
         for loss in self.distillation_losses:
-            if loss.teacher_layers() or loss.student_layers():
-                continue
-            pair = loss.prediction_pair(teacher_out, student_out)
-            if pair is not None:
-                loss.validate_outputs(*pair)
+            if _compares_outputs(loss):
+                loss.validate_outputs(*loss.prediction_pair(teacher_out, student_out))
 
     # -- The teacher's variables are never trained ---------------------------
 
     def _without_teacher(self, trainable, non_trainable):
-        teacher_ids = {id(v) for v in self.teacher.variables}
+        teacher_ids = self._teacher_variable_ids
         return (
             [v for v in trainable if id(v) not in teacher_ids],
             non_trainable + [v for v in trainable if id(v) in teacher_ids],
@@ -312,22 +317,15 @@ class Distiller(keras.Model):
         return outputs, features
 
     def _update_agreement(self, teacher_outputs, student_outputs, sample_weight):
-        if self.agreement_tracker is None:
+        if self._agreement_index is None:
             return
-        for loss in self.distillation_losses:
-            if loss.teacher_layers() or loss.student_layers():
-                continue
-            pair = loss.prediction_pair(teacher_outputs, student_outputs)
-            if pair is None:
-                continue
-            teacher, student = pair
-            agree = ops.cast(
-                ops.equal(ops.argmax(teacher, -1), ops.argmax(student, -1)),
-                "float32",
-            )
-            weights = combined_weights(agree, sample_weight, get_keras_mask(student))
-            self.agreement_tracker.update_state(agree, sample_weight=weights)
-            return
+        loss = self.distillation_losses[self._agreement_index]
+        teacher, student = loss.prediction_pair(teacher_outputs, student_outputs)
+        agree = ops.cast(
+            ops.equal(ops.argmax(teacher, -1), ops.argmax(student, -1)), "float32"
+        )
+        weights = combined_weights(agree, sample_weight, get_keras_mask(student))
+        self.agreement_tracker.update_state(agree, sample_weight=weights)
 
     def fit(
         self,
@@ -514,6 +512,13 @@ def _loss_weights(weights, count, student_loss_weight):
     for i, weight in enumerate(weights):
         _check_weight(weight, f"distillation_loss_weights[{i}]")
     return weights
+
+
+def _compares_outputs(loss):
+    """Whether `loss` compares class predictions on the models' outputs."""
+    return loss.compares_predictions and not (
+        loss.teacher_layers() or loss.student_layers()
+    )
 
 
 def _symbolic_outputs(model):

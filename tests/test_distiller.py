@@ -470,3 +470,16 @@ def test_unknown_feature_layer_lists_the_available_ones():
                 teacher_layer_name="hiden", student_layer_name="hidden"
             )
         )
+
+
+def test_agreement_is_reported_only_with_a_loss_on_class_scores():
+    x, y = classification_data(64)
+    features_only = make_distiller(
+        keras_distill.FeatureDistillation(
+            teacher_layer_name="logits", student_layer_name="logits"
+        )
+    )
+    features_only.compile(loss=SCCE)
+    logs = features_only.evaluate(x, y, verbose=0, return_dict=True)
+    assert "teacher_agreement" not in logs
+    assert "feature_distillation" in logs
