@@ -194,6 +194,13 @@ class DistillationLoss(keras.layers.Layer):
             self.select_output(student_outputs),
         )
 
+    def selected_pair(self, teacher_outputs, student_outputs):
+        """The output this loss distils, from each model, validated."""
+        teacher = self.select_output(teacher_outputs)
+        student = self.select_output(student_outputs)
+        self.validate_outputs(teacher, student)
+        return teacher, student
+
     def teacher_layers(self):
         """Names of teacher layers whose outputs this loss reads."""
         return ()
@@ -240,9 +247,7 @@ class DistillationLoss(keras.layers.Layer):
         Returns:
             A float32 scalar.
         """
-        teacher = self.select_output(teacher_outputs)
-        student = self.select_output(student_outputs)
-        self.validate_outputs(teacher, student)
+        teacher, student = self.selected_pair(teacher_outputs, student_outputs)
         values = self.per_sample(teacher, student, labels=labels)
         return weighted_mean(values, sample_weight, get_keras_mask(student))
 

@@ -260,8 +260,17 @@ def check_divergence(divergence):
         )
 
 
+class ResponseLoss(DistillationLoss):
+    """Base of the losses on class scores: same class count on both sides."""
+
+    compares_predictions = True
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        check_class_counts(self, teacher_outputs, student_outputs)
+
+
 @keras.saving.register_keras_serializable(package="keras_distill")
-class KD(DistillationLoss):
+class KD(ResponseLoss):
     """Hinton knowledge distillation on softened class probabilities.
 
     `T^2 KL(softmax(teacher / T) || softmax(student / T))` per sample (or the
@@ -294,8 +303,6 @@ class KD(DistillationLoss):
         Network", 2015.
     """
 
-    compares_predictions = True
-
     def __init__(
         self,
         temperature=4.0,
@@ -312,9 +319,6 @@ class KD(DistillationLoss):
         self.divergence = divergence
         self.teacher_from_logits = teacher_from_logits
         self.student_from_logits = student_from_logits
-
-    def validate_outputs(self, teacher_outputs, student_outputs):
-        check_class_counts(self, teacher_outputs, student_outputs)
 
     def per_sample(self, teacher, student, labels=None):
         return kd(
@@ -337,7 +341,7 @@ class KD(DistillationLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class DKD(DistillationLoss):
+class DKD(ResponseLoss):
     """Decoupled knowledge distillation (target and non-target parts).
 
     `T^2 (alpha TCKD + beta NCKD)` per sample; needs the true labels. The
@@ -365,8 +369,6 @@ class DKD(DistillationLoss):
         Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
     """
 
-    compares_predictions = True
-
     def __init__(
         self, alpha=1.0, beta=8.0, temperature=4.0, output=None, name=None, **kwargs
     ):
@@ -374,9 +376,6 @@ class DKD(DistillationLoss):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = self._add_temperature(temperature)
-
-    def validate_outputs(self, teacher_outputs, student_outputs):
-        check_class_counts(self, teacher_outputs, student_outputs)
 
     def per_sample(self, teacher, student, labels=None):
         return dkd(teacher, student, labels, self.alpha, self.beta, self.temperature)
@@ -391,7 +390,7 @@ class DKD(DistillationLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class DIST(DistillationLoss):
+class DIST(ResponseLoss):
     """DIST: inter- and intra-class Pearson correlation matching.
 
     Relaxes exact probability matching to matching the teacher's relations,
@@ -411,8 +410,6 @@ class DIST(DistillationLoss):
         NeurIPS 2022.
     """
 
-    compares_predictions = True
-
     def __init__(
         self, beta=1.0, gamma=1.0, temperature=1.0, output=None, name=None, **kwargs
     ):
@@ -420,9 +417,6 @@ class DIST(DistillationLoss):
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.temperature = self._add_temperature(temperature)
-
-    def validate_outputs(self, teacher_outputs, student_outputs):
-        check_class_counts(self, teacher_outputs, student_outputs)
 
     def compute_loss(
         self,
@@ -432,9 +426,7 @@ class DIST(DistillationLoss):
         sample_weight=None,
         inputs=None,
     ):
-        teacher = self.select_output(teacher_outputs)
-        student = self.select_output(student_outputs)
-        self.validate_outputs(teacher, student)
+        teacher, student = self.selected_pair(teacher_outputs, student_outputs)
         return dist(
             teacher,
             student,
