@@ -38,13 +38,15 @@ SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def mlp(width, name, dropout=0.0, input_dropout=0.0):
     """Two hidden ReLU layers of `width` units, returning logits."""
-    layers = [keras.Input((784,)), keras.layers.Dropout(input_dropout)]
+    layers = [keras.Input((784,))]
+    if input_dropout:
+        layers.append(keras.layers.Dropout(input_dropout))
     for i in range(2):
         layers.append(keras.layers.Dense(width, activation="relu", name=f"hidden_{i}"))
-        layers.append(keras.layers.Dropout(dropout))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
     layers.append(keras.layers.Dense(10, name="logits"))
-    return keras.Sequential([l for l in layers if not (
-        isinstance(l, keras.layers.Dropout) and l.rate == 0.0)], name=name)
+    return keras.Sequential(layers, name=name)
 
 
 def jitter(images, rng, pixels=2):

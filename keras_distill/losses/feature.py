@@ -357,14 +357,12 @@ class FitNet(LayerPairLoss):
 
     @classmethod
     def from_config(cls, config):
+        def connector(c):
+            return c if c == "auto" else keras.saving.deserialize_keras_object(c)
+
         config = dict(config)
-        connector = config["connector"]
+        spec = config["connector"]
         config["connector"] = (
-            [c if c == "auto" else keras.saving.deserialize_keras_object(c)
-             for c in connector]
-            if isinstance(connector, list)
-            else connector
-            if connector == "auto"
-            else keras.saving.deserialize_keras_object(connector)
+            [connector(c) for c in spec] if isinstance(spec, list) else connector(spec)
         )
         return cls(**config)
