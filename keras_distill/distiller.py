@@ -256,8 +256,10 @@ class Distiller(keras.Model):
     ):
         if y_pred is None:
             y_pred = self(x, training=training)
+        # Kept until this step's `call` replaces them: a backend may run
+        # `compute_loss` twice on one forward pass (torch's shape inference
+        # retries on real tensors after an error).
         student_features = self._student_features
-        object.__setattr__(self, "_student_features", {})
         batch_size = ops.shape(keras.tree.flatten(y_pred)[0])[0]
 
         # The student's terms come first, before the teacher runs, so that
@@ -309,6 +311,7 @@ class Distiller(keras.Model):
         finite = [
             ops.all(ops.isfinite(t))
             for t in keras.tree.flatten((outputs, features))
+            if keras.backend.is_float_dtype(t.dtype)  # not the attention masks
         ]
         nonfinite = 1.0 - ops.cast(ops.all(ops.stack(finite)), "float32")
         self._teacher_nonfinite.assign(

@@ -213,3 +213,43 @@ def fit_and_evaluate(distiller, x, y, loss_name, epochs=3):
     assert np.all(np.isfinite(values))
     assert values[-1] < 0.95 * values[0], values
     return distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+
+
+def np_attention_probabilities(query, key, query_kernel, key_kernel,
+                               query_bias, key_bias, key_mask=None):
+    """Multi-head attention probabilities, softmax(q k^T / sqrt(d)), per head.
+
+    Args:
+        query, key: layer inputs `(B, T, D)` and `(B, S, D)`.
+        query_kernel, key_kernel: projections `(D, N, d)`; biases `(N, d)`.
+        key_mask: optional boolean `(B, S)`; masked keys get probability 0.
+
+    Returns:
+        `(B, N, T, S)` probabilities.
+    """
+    q = np.einsum("btd,dnh->btnh", query, query_kernel) + query_bias
+    k = np.einsum("bsd,dnh->bsnh", key, key_kernel) + key_bias
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    if key_mask is not None:
+        scores = np.where(key_mask[:, None, None, :], scores, -np.inf)
+    return np_softmax(scores, axis=-1)
+
+
+def ref_attention_map_loss(teacher, student, kind="mse", key_mask=None):
+    """Per-query attention-map divergence `(B, T)`.
+
+    "mse" (TinyBERT): the squared difference of the probabilities, averaged
+    over heads and over the keys the mask keeps. "kl" (MiniLM):
+    KL(teacher || student) of each query's distribution over keys, averaged
+    over heads.
+    """
+    t = np.asarray(teacher, np.float64)
+    s = np.asarray(student, np.float64)
+    keep = np.ones(t.shape[-1], bool) if key_mask is None else key_mask
+    keep = np.broadcast_to(keep[:, None, None, :] if np.ndim(keep) == 2 else keep, t.shape)
+    if kind == "kl":
+        used = keep & (t > 0)
+        terms = t * (np.log(np.where(used, t, 1.0)) - np.log(np.where(used, s, 1.0)))
+        return np.where(used, terms, 0.0).sum(-1).mean(1)
+    squared = np.where(keep, (s - t) ** 2, 0.0)
+    return (squared.sum(-1) / np.maximum(keep.sum(-1), 1)).mean(1)

@@ -14,7 +14,7 @@ def test_public_names():
     assert losses.CLASSES == [
         "AttentionTransfer", "DIST", "DKD", "DistillationLoss",
         "FeatureDistillation", "FitNet", "HiddenCosine", "KD", "LayerPairLoss",
-        "LogitsDistillation",
+        "LogitsDistillation", "TransformerAttention",
     ]
     for module in (keras_distill, callbacks, losses):
         missing = set(module.__all__) - set(dir(module))

@@ -8,7 +8,9 @@ import numpy as np
 import keras_distill
 from keras_distill.losses import KD
 from keras_distill.losses import HiddenCosine
+from keras_distill.losses import TransformerAttention
 from keras_distill.taps import LayerTaps
+from tests.reference import ref_attention_map_loss
 from tests.reference import ref_hidden_cosine
 from tests.reference import to_np
 
@@ -35,8 +37,11 @@ def batch(n=32):
 def test_transformer_layer_outputs_are_tapped_in_the_forward_pass():
     model = bert_classifier(2, "teacher")
     x, _ = batch(4)
-    outputs, features = LayerTaps(model, ["backbone/transformer_layer_1"])(x)
+    taps = LayerTaps(model, ["backbone/transformer_layer_1"])
+    outputs, features = taps(x)
     assert tuple(features["backbone/transformer_layer_1"].shape) == (4, 12, 16)
+    # The sequence length is dynamic in keras-hub's inputs, and so reported.
+    assert taps.feature_shapes() == {"backbone/transformer_layer_1": (None, None, 16)}
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(outputs),
         keras.ops.convert_to_numpy(model(x, training=False)),
@@ -71,3 +76,38 @@ def test_half_depth_bert_student_learns_hidden_states_and_logits():
         to_np(s_features["backbone/transformer_layer_0"]),
     )[x["padding_mask"]].mean()
     np.testing.assert_allclose(logs["hidden_cosine"], expected, rtol=1e-4)
+
+
+def test_tinybert_attention_and_hidden_transfer_on_keras_hub_layers():
+    x, y = batch()
+    teacher, student = bert_classifier(2, "teacher"), bert_classifier(1, "student")
+    loss = TransformerAttention(
+        ["backbone/transformer_layer_0", "backbone/transformer_layer_1"],
+        ["backbone/transformer_layer_0"],
+        input_mask="padding_mask",
+    )
+    assert loss.teacher_layers()[0] == "backbone/transformer_layer_1:attention"
+    distiller = keras_distill.Distiller(teacher, student, [KD(2.0), loss])
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+
+    _, t_feat = LayerTaps(teacher, loss.teacher_layers())(x)
+    _, s_feat = LayerTaps(student, loss.student_layers())(x)
+    keep = x["padding_mask"]
+    per_query = ref_attention_map_loss(
+        to_np(t_feat["backbone/transformer_layer_1:attention"]["scores"]),
+        to_np(s_feat["backbone/transformer_layer_0:attention"]["scores"]),
+        "mse", keep,
+    )
+    projected = to_np(
+        loss.hidden.connectors[0](s_feat["backbone/transformer_layer_0"])
+    )
+    squared = (projected - to_np(t_feat["backbone/transformer_layer_1"])) ** 2
+    expected = per_query[keep].mean() + squared.mean(-1)[keep].mean()
+    np.testing.assert_allclose(logs["transformer_attention"], expected, rtol=1e-4)
+
+    history = distiller.fit(x, y, epochs=3, batch_size=8, verbose=0).history
+    assert history["transformer_attention"][-1] < history["transformer_attention"][0]

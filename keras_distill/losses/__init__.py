@@ -1,8 +1,11 @@
 """Distillation losses: each a `keras.ops` function and a serializable class."""
 
 from keras_distill.losses.attention import AttentionTransfer
+from keras_distill.losses.attention import TransformerAttention
+from keras_distill.losses.attention import attention_map_loss
 from keras_distill.losses.attention import attention_transfer
 from keras_distill.losses.attention import spatial_attention
+from keras_distill.losses.attention import uniform_layer_map
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.feature import FitNet
@@ -31,6 +34,8 @@ __all__ = [
     "KD",
     "LayerPairLoss",
     "LogitsDistillation",
+    "TransformerAttention",
+    "attention_map_loss",
     "attention_transfer",
     "connector_for",
     "dist",
@@ -39,6 +44,7 @@ __all__ = [
     "kd",
     "soft_log_probabilities",
     "spatial_attention",
+    "uniform_layer_map",
     "weighted_mean",
 ]
 

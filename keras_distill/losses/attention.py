@@ -3,7 +3,11 @@
 import keras
 from keras import ops
 
+from keras_distill.losses.base import weighted_mean
+from keras_distill.losses.feature import FitNet
 from keras_distill.losses.feature import LayerPairLoss
+from keras_distill.losses.feature import _names
+from keras_distill.taps import ATTENTION
 
 
 def spatial_attention(feature_map, p=2.0):
@@ -153,3 +157,276 @@ class AttentionTransfer(LayerPairLoss):
 
     def get_config(self):
         return {**super().get_config(), "p": self.p}
+
+
+def attention_map_loss(teacher_scores, student_scores, loss="mse", mask=None):
+    """Divergence between two layers' attention probabilities, per query.
+
+    Args:
+        teacher_scores: teacher attention probabilities `(B, N, T, S)`.
+        student_scores: student attention probabilities, same shape.
+        loss: `"mse"`, the squared difference averaged over heads and
+            unmasked keys (TinyBERT), or `"kl"`, `KL(teacher || student)`
+            of each query's distribution over keys, averaged over heads
+            (MiniLM). Defaults to `"mse"`.
+        mask: an optional boolean attention mask broadcastable to
+            `(B, T, S)`; masked keys take no part. Defaults to `None`.
+
+    Returns:
+        A float32 tensor `(B, T)`, one value per query position.
+
+    References:
+        Jiao et al., "TinyBERT: Distilling BERT for Natural Language
+        Understanding", Findings of EMNLP 2020. Wang et al., "MiniLM: Deep
+        Self-Attention Distillation for Task-Agnostic Compression of
+        Pre-Trained Transformers", NeurIPS 2020.
+    """
+    t = ops.cast(teacher_scores, "float32")
+    s = ops.cast(student_scores, "float32")
+    keys = None
+    if mask is not None:
+        keys = ops.cast(mask, "float32") * ops.ones_like(t[:, 0])
+        keys = ops.expand_dims(keys, 1)  # over heads
+    if loss == "kl":
+        eps = 1e-12
+        per_key = t * (ops.log(ops.maximum(t, eps)) - ops.log(ops.maximum(s, eps)))
+        if keys is not None:
+            per_key = per_key * keys
+        return ops.mean(ops.sum(per_key, axis=-1), axis=1)
+    per_key = ops.square(s - t)
+    if keys is None:
+        return ops.mean(per_key, axis=(1, 3))
+    counts = ops.maximum(ops.sum(keys, axis=-1), 1.0)
+    return ops.mean(ops.sum(per_key * keys, axis=-1) / counts, axis=1)
+
+
+def uniform_layer_map(teacher_count, student_count):
+    """Which teacher layer each student layer learns from, TinyBERT-style.
+
+    With `k = teacher_count / student_count`, student layer `i` (counting
+    from 1) learns from teacher layer `k * i`: the last student layer from
+    the last teacher layer.
+
+    Args:
+        teacher_count: the number of teacher layers to choose from.
+        student_count: the number of student layers.
+
+    Returns:
+        A list of `student_count` teacher indices, counting from 0.
+
+    Raises:
+        ValueError: when `teacher_count` is not a multiple of
+            `student_count`.
+    """
+    if student_count < 1 or teacher_count % student_count:
+        raise ValueError(
+            f"A uniform layer map needs a teacher depth that is a multiple of "
+            f"the student's; got {teacher_count} teacher and {student_count} "
+            "student layers. Pass `layer_map` as a list of teacher indices, "
+            "one per student layer."
+        )
+    k = teacher_count // student_count
+    return [k * (i + 1) - 1 for i in range(student_count)]
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class TransformerAttention(LayerPairLoss):
+    """TinyBERT-style transfer of attention maps and hidden states.
+
+    Each student transformer layer learns from one teacher layer (the layer
+    map): its per-head attention probabilities are matched to the teacher's
+    (`attention_map_loss`), and its output hidden states, through a learned
+    projection, to the teacher layer's output (as in `FitNet`). Works with
+    `keras.layers.MultiHeadAttention` and with any layer that contains one,
+    such as keras-hub's `TransformerEncoder`; the attention probabilities are
+    read during the models' single forward pass. Padded query positions are
+    left out (the attention layers' own masks, or `input_mask`), and every
+    term honours `sample_weight`.
+
+    Keras attention layers expose probabilities, not the pre-softmax
+    scores TinyBERT regresses, so `"mse"` matches probabilities; `"kl"`
+    gives MiniLM's divergence between them.
+
+    Args:
+        teacher_layers: the teacher's transformer layers (paths), in order.
+            Either one per student layer, or all of them, of which the layer
+            map picks one per student layer.
+        student_layers: the student's transformer layers (paths), in order.
+        layer_map: `"uniform"` (student layer `i` learns from teacher layer
+            `k * i`, see `uniform_layer_map`) or a list of indices into
+            `teacher_layers`, one per student layer. Defaults to
+            `"uniform"`.
+        attention_loss: `"mse"` or `"kl"`. Defaults to `"mse"`.
+        attention_weight: the weight of the attention term. Defaults to 1.
+        hidden_weight: the weight of the hidden-state term; 0 leaves the
+            hidden states (and the projections) out. Defaults to 1.
+        connector: the hidden-state projection(s), as in `FitNet`. Defaults
+            to `"auto"`, a `Dense` to the teacher's width.
+        input_mask: the key of a dict input holding a boolean mask of real
+            positions (`"padding_mask"` for keras-hub models). Defaults to
+            `None`: the attention layers' own masks.
+        name: the loss's name in the logs. Defaults to
+            `"transformer_attention"`.
+
+    Example:
+
+    ```python
+    loss = keras_distill.losses.TransformerAttention(
+        teacher_layers=[f"backbone/transformer_layer_{i}" for i in range(4)],
+        student_layers=[f"backbone/transformer_layer_{i}" for i in range(2)],
+        input_mask="padding_mask",
+    )  # student layer 0 <- teacher layer 1, student 1 <- teacher 3
+    ```
+
+    Reference:
+        Jiao et al., "TinyBERT: Distilling BERT for Natural Language
+        Understanding", Findings of EMNLP 2020.
+    """
+
+    def __init__(
+        self,
+        teacher_layers,
+        student_layers,
+        layer_map="uniform",
+        attention_loss="mse",
+        attention_weight=1.0,
+        hidden_weight=1.0,
+        connector="auto",
+        input_mask=None,
+        name=None,
+        **kwargs,
+    ):
+        teacher_names = _names(teacher_layers, "teacher_layers")
+        student_names = _names(student_layers, "student_layers")
+        if layer_map == "uniform":
+            indices = uniform_layer_map(len(teacher_names), len(student_names))
+        else:
+            indices = list(layer_map)
+            if len(indices) != len(student_names) or not all(
+                isinstance(i, int) and 0 <= i < len(teacher_names) for i in indices
+            ):
+                raise ValueError(
+                    "`layer_map` must be 'uniform' or a list of one index "
+                    f"into `teacher_layers` (0..{len(teacher_names) - 1}) per "
+                    f"student layer ({len(student_names)}); received "
+                    f"{layer_map!r}."
+                )
+        if attention_loss not in ("mse", "kl"):
+            raise ValueError(
+                "`attention_loss` must be 'mse' or 'kl'; received "
+                f"{attention_loss!r}."
+            )
+        if attention_weight < 0 or hidden_weight < 0:
+            raise ValueError(
+                "`attention_weight` and `hidden_weight` must be >= 0; "
+                f"received {attention_weight} and {hidden_weight}."
+            )
+        mapped = [teacher_names[i] for i in indices]
+        super().__init__(
+            mapped, student_names, input_mask=input_mask, name=name, **kwargs
+        )
+        self._all_teacher_names = teacher_names
+        self.layer_map = layer_map if layer_map == "uniform" else indices
+        self.attention_loss = attention_loss
+        self.attention_weight = float(attention_weight)
+        self.hidden_weight = float(hidden_weight)
+        self.hidden = None
+        if self.hidden_weight:
+            self.hidden = FitNet(
+                mapped,
+                student_names,
+                connector=connector,
+                input_mask=input_mask,
+                name=f"{self.name}_hidden",
+            )
+        self.built = self.hidden is None
+
+    def teacher_layers(self):
+        hidden = self.hidden.teacher_layers() if self.hidden else ()
+        return tuple(n + ATTENTION for n in self._teacher_names) + hidden
+
+    def student_layers(self):
+        hidden = self.hidden.student_layers() if self.hidden else ()
+        return tuple(n + ATTENTION for n in self._student_names) + hidden
+
+    def build(self, teacher_shapes, student_shapes):
+        """Creates the hidden-state projections from the features' shapes."""
+        if self.hidden is not None:
+            self.hidden.build(teacher_shapes, student_shapes)
+        self.built = True
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        t, s = tuple(teacher_outputs.shape), tuple(student_outputs.shape)
+        if len(t) != 4 or len(s) != 4 or t[1:] != s[1:]:
+            raise ValueError(
+                "TransformerAttention compares attention maps head by head, "
+                "so teacher and student layers need the same number of heads "
+                "and sequence lengths; got score shapes (batch, heads, "
+                f"queries, keys) {t} and {s}."
+            )
+
+    def compute_loss(
+        self,
+        teacher_outputs,
+        student_outputs,
+        labels=None,
+        sample_weight=None,
+        inputs=None,
+    ):
+        attention, hidden = 0.0, 0.0
+        for index, (t_name, s_name) in enumerate(
+            zip(self._teacher_names, self._student_names)
+        ):
+            teacher = teacher_outputs[t_name + ATTENTION]
+            student = student_outputs[s_name + ATTENTION]
+            self.validate_outputs(teacher["scores"], student["scores"])
+            values = self.per_sample(
+                teacher["scores"], student["scores"], student.get("mask")
+            )
+            queries = self._query_mask(student, student_outputs.get(s_name), inputs)
+            attention = attention + weighted_mean(values, sample_weight, queries)
+            if self.hidden is not None:
+                projected = self.hidden.map_student(index, student_outputs[s_name])
+                values = self.hidden.per_sample(teacher_outputs[t_name], projected)
+                hidden = hidden + weighted_mean(values, sample_weight, queries)
+        return self.attention_weight * attention + self.hidden_weight * hidden
+
+    def _query_mask(self, attention, hidden, inputs):
+        """The real query positions, `(B, T)` booleans, or `None`.
+
+        Queries to which the attention layer's mask leaves some key, and
+        the padding mask of the student's hidden states or `input_mask`.
+        """
+        masks = []
+        if "mask" in attention:
+            keys = ops.cast(attention["mask"], "float32")
+            keys = keys * ops.ones_like(attention["scores"][:, 0])
+            masks.append(ops.sum(keys, axis=-1) > 0)
+        if hidden is not None or self.input_mask is not None:
+            padding = self._padding_mask(hidden, inputs)
+            if padding is not None:
+                masks.append(ops.cast(padding, "bool"))
+        if not masks:
+            return None
+        return masks[0] if len(masks) == 1 else ops.logical_and(*masks)
+
+    def per_sample(self, teacher, student, mask=None):
+        return attention_map_loss(teacher, student, self.attention_loss, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            teacher_layers=self._config_layers(self._all_teacher_names),
+            layer_map=self.layer_map,
+            attention_loss=self.attention_loss,
+            attention_weight=self.attention_weight,
+            hidden_weight=self.hidden_weight,
+            connector=self.hidden.get_config()["connector"] if self.hidden else "auto",
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["connector"] = FitNet.connectors_from_config(config["connector"])
+        return cls(**config)

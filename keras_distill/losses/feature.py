@@ -355,14 +355,17 @@ class FitNet(LayerPairLoss):
         config["connector"] = connectors[0] if len(connectors) == 1 else connectors
         return config
 
-    @classmethod
-    def from_config(cls, config):
+    @staticmethod
+    def connectors_from_config(spec):
+        """The `connector` argument, from its `get_config` form."""
+
         def connector(c):
             return c if c == "auto" else keras.saving.deserialize_keras_object(c)
 
+        return [connector(c) for c in spec] if isinstance(spec, list) else connector(spec)
+
+    @classmethod
+    def from_config(cls, config):
         config = dict(config)
-        spec = config["connector"]
-        config["connector"] = (
-            [connector(c) for c in spec] if isinstance(spec, list) else connector(spec)
-        )
+        config["connector"] = cls.connectors_from_config(config["connector"])
         return cls(**config)
