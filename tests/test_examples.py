@@ -17,6 +17,7 @@ from tests.conftest import mlp
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 sys.path.insert(0, EXAMPLES)
 
+import fine_foods_bert  # noqa: E402
 import mnist_hinton  # noqa: E402
 import quickstart  # noqa: E402
 
@@ -91,3 +92,38 @@ def test_feature_distillation_benchmark_prints_its_ratio():
     report = json.loads(result.stdout)
     assert report["backend"] == keras.backend.backend()
     assert report["ratio_ours_over_keras"] > 0
+
+
+def test_fine_foods_encoding_and_distilbert_initialisation():
+    vocab = fine_foods_bert.vocabulary(["Great tea!<br />great", "tea"], 10)
+    assert vocab == {"great": 3, "tea": 4, "!": 5}
+    x = fine_foods_bert.encode(["great tea, bad!", ""], vocab, 4)
+    np.testing.assert_array_equal(x["token_ids"], [[2, 3, 4, 1], [2, 0, 0, 0]])
+    np.testing.assert_array_equal(x["padding_mask"], x["token_ids"] != 0)
+
+    teacher = fine_foods_bert.bert(4, 30, 8, "teacher")
+    student = fine_foods_bert.bert(2, 30, 8, "student")
+    fine_foods_bert.initialise_from_teacher(student, teacher)
+    for s_index, t_index in ((0, 1), (1, 3)):
+        s_layer = student.backbone.get_layer(f"transformer_layer_{s_index}")
+        t_layer = teacher.backbone.get_layer(f"transformer_layer_{t_index}")
+        for a, b in zip(s_layer.get_weights(), t_layer.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        student.backbone.get_layer("token_embedding").get_weights()[0],
+        teacher.backbone.get_layer("token_embedding").get_weights()[0],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, row",
+    [("fashion_mnist_attention.py", "student + KD + AT + FitNet"),
+     ("fine_foods_bert.py", "student + TinyBERT losses")],
+)
+def test_tutorial_quick_mode_prints_its_table(script, row):
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), "--quick"],
+        capture_output=True, text=True, check=True,
+    )
+    assert row in result.stdout, result.stdout

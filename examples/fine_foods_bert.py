@@ -1,0 +1,228 @@
+"""DistilBERT and TinyBERT losses: a half-depth keras-hub BERT, fine-food reviews.
+
+Tutorial. The teacher is a small keras-hub `BertTextClassifier` (4
+transformer layers, width 128), trained from scratch on 4,000 Amazon
+fine-food reviews to tell "great" reviews from the others. The student
+keeps the width and halves the depth. As in DistilBERT, every student starts
+from the teacher: its embeddings and its two transformer layers are copies
+of the teacher's embeddings and of teacher layers 2 and 4. From there it is
+trained three ways, with the same seed, optimizer and epochs:
+
+1. on the labels alone (the baseline);
+2. with DistilBERT's triple loss (Sanh et al. 2019): the labels, `KD` on
+   the teacher's softened logits, and `HiddenCosine` aligning the
+   direction of the student's last hidden states with the teacher's;
+3. with TinyBERT's layer-wise loss (Jiao et al. 2020), labels and `KD`
+   plus `TransformerAttention`: student layer i matches the attention
+   probabilities (per head) and, through a learned projection, the hidden
+   states of teacher layer 2i.
+
+The losses tap keras-hub's transformer layers by path
+(`"backbone/transformer_layer_1"`) in the models' single forward pass; the
+padding mask of every batch (`input_mask="padding_mask"`) keeps padded
+positions out of them. Reviews are split into lower-case words; the 5,000
+most frequent form the vocabulary (a pretrained WordPiece vocabulary would
+need a download).
+
+Run: `KERAS_BACKEND=jax python examples/fine_foods_bert.py` (`--quick` for a
+smoke run). The data is fetched as `examples/datasets.py` describes.
+"""
+
+import argparse
+import collections
+import os
+import re
+import sys
+import time
+
+import keras
+import keras_hub
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras_distill  # noqa: E402
+from datasets import load_fine_foods  # noqa: E402
+from keras_distill.losses import KD  # noqa: E402
+from keras_distill.losses import HiddenCosine  # noqa: E402
+from keras_distill.losses import TransformerAttention  # noqa: E402
+
+SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+PAD, UNKNOWN, CLS = 0, 1, 2
+TEACHER_DEPTH, STUDENT_DEPTH = 4, 2
+
+
+def words(text):
+    return re.findall(r"[a-z0-9']+|[!?]", text.lower().replace("<br />", " "))
+
+
+def vocabulary(texts, size):
+    """The `size - 3` most frequent words, numbered after PAD, UNKNOWN, CLS."""
+    counts = collections.Counter(w for text in texts for w in words(text))
+    return {w: i + 3 for i, (w, _) in enumerate(counts.most_common(size - 3))}
+
+
+def encode(texts, vocab, length):
+    """keras-hub BERT inputs: `[CLS]` and the first words, padded."""
+    ids = np.full((len(texts), length), PAD, "int32")
+    for row, text in enumerate(texts):
+        tokens = [CLS] + [vocab.get(w, UNKNOWN) for w in words(text)][: length - 1]
+        ids[row, : len(tokens)] = tokens
+    return {
+        "token_ids": ids,
+        "segment_ids": np.zeros_like(ids),
+        "padding_mask": ids != PAD,
+    }
+
+
+def bert(num_layers, vocabulary_size, length, name):
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=4,
+        hidden_dim=128, intermediate_dim=256, max_sequence_length=length,
+        dropout=0.1, name="backbone",
+    )
+    return keras_hub.models.BertTextClassifier(
+        backbone, num_classes=2, preprocessor=None, name=name
+    )
+
+
+def layer_path(index):
+    return f"backbone/transformer_layer_{index}"
+
+
+def initialise_from_teacher(student, teacher):
+    """DistilBERT's initialisation: the teacher's embeddings, and teacher
+    layer `k * (i + 1) - 1` for student layer `i` (`k` = depth ratio)."""
+    for layer in student.backbone.layers:
+        if not layer.weights or layer.name.startswith("transformer_layer_"):
+            continue
+        layer.set_weights(teacher.backbone.get_layer(layer.name).get_weights())
+    k = TEACHER_DEPTH // STUDENT_DEPTH
+    for i in range(STUDENT_DEPTH):
+        source = teacher.get_layer("backbone").get_layer(
+            f"transformer_layer_{k * (i + 1) - 1}"
+        )
+        student.backbone.get_layer(f"transformer_layer_{i}").set_weights(
+            source.get_weights()
+        )
+
+
+def distilbert_losses():
+    last_t, last_s = layer_path(TEACHER_DEPTH - 1), layer_path(STUDENT_DEPTH - 1)
+    return [
+        KD(temperature=2.0),
+        HiddenCosine(last_t, last_s, input_mask="padding_mask"),
+    ]
+
+
+def tinybert_losses():
+    return [
+        KD(temperature=2.0),
+        TransformerAttention(
+            [layer_path(i) for i in range(TEACHER_DEPTH)],
+            [layer_path(i) for i in range(STUDENT_DEPTH)],
+            input_mask="padding_mask",
+        ),
+    ]
+
+
+def run(epochs=6, teacher_epochs=6, length=128, vocabulary_size=5000,
+        train_size=None, seed=0, verbose=0):
+    """Trains the teacher and the three students; returns their results.
+
+    Args:
+        epochs: epochs of each student. Defaults to 6.
+        teacher_epochs: epochs of the teacher. Defaults to 6.
+        length: tokens per review (the first words). Defaults to 128.
+        vocabulary_size: words in the vocabulary. Defaults to 5,000.
+        train_size: use the first `train_size` training reviews. Defaults
+            to `None`: all 4,000.
+        seed: the random seed of every model. Defaults to 0.
+        verbose: Keras verbosity. Defaults to 0.
+
+    Returns:
+        A list of dicts, one per model: name, test accuracy, parameters and
+        training seconds.
+    """
+    (texts, y_train), (test_texts, y_test) = load_fine_foods()
+    if train_size:
+        texts, y_train = texts[:train_size], y_train[:train_size]
+    vocab = vocabulary(texts, vocabulary_size)
+    x_train, x_test = encode(texts, vocab, length), encode(test_texts, vocab, length)
+    batch_size = 32
+    steps = -(-len(y_train) // batch_size)
+
+    def adam(num_epochs):
+        return keras.optimizers.AdamW(
+            keras.optimizers.schedules.CosineDecay(5e-4, num_epochs * steps)
+        )
+
+    rows = []
+
+    def train(name, model, trained, num_epochs):
+        start = time.perf_counter()
+        model.compile(adam(num_epochs), SCCE)
+        # keras-hub tasks batch NumPy inputs into an unshuffled dataset in
+        # their own `fit`; Keras's `fit` shuffles them every epoch.
+        keras.Model.fit(
+            model, x_train, y_train, epochs=num_epochs, batch_size=batch_size,
+            verbose=verbose,
+        )
+        predictions = trained.predict(x_test, batch_size=250, verbose=0)
+        rows.append({
+            "model": name,
+            "accuracy": float((predictions.argmax(-1) == y_test).mean()),
+            "params": trained.count_params(),
+            "seconds": round(time.perf_counter() - start, 1),
+        })
+
+    def student():
+        keras.utils.set_random_seed(seed)
+        model = bert(STUDENT_DEPTH, vocabulary_size, length, "student")
+        initialise_from_teacher(model, teacher)
+        return model
+
+    def distilled(losses):
+        distiller = keras_distill.Distiller(teacher, student(), losses)
+        return distiller, distiller.student
+
+    keras.utils.set_random_seed(seed)
+    teacher = bert(TEACHER_DEPTH, vocabulary_size, length, "teacher")
+    train("teacher (4 layers)", teacher, teacher, teacher_epochs)
+    scratch = student()
+    train("student, labels only", scratch, scratch, epochs)
+    train("student + DistilBERT losses", *distilled(distilbert_losses()), epochs)
+    train("student + TinyBERT losses", *distilled(tinybert_losses()), epochs)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="256 reviews of 32 words, 1 epoch: a smoke run.")
+    args = parser.parse_args()
+    runs = [
+        run(
+            epochs=1 if args.quick else args.epochs,
+            teacher_epochs=1 if args.quick else args.teacher_epochs,
+            length=32 if args.quick else 128,
+            train_size=256 if args.quick else None,
+            seed=seed,
+        )
+        for seed in args.seeds
+    ]
+    print(f"Fine-food reviews, test accuracy (1,000 reviews, 65.8% 'great'), "
+          f"backend {keras.backend.backend()}, seeds {args.seeds}:")
+    print(f"{'model':<30}{'accuracy':>10}{'± std':>8}{'params':>10}{'seconds':>9}")
+    for i, row in enumerate(runs[0]):
+        scores = [r[i]["accuracy"] for r in runs]
+        seconds = np.mean([r[i]["seconds"] for r in runs])
+        print(f"{row['model']:<30}{np.mean(scores):>10.4f}{np.std(scores):>8.4f}"
+              f"{row['params']:>10}{seconds:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
