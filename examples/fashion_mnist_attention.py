@@ -2,8 +2,8 @@
 
 Tutorial. A teacher CNN (three blocks of two 3x3 convolutions, 16/32/64
 channels) is trained on Fashion-MNIST's 28x28 images of clothing. The
-student has one convolution per block and half the channels: about one
-twelfth of the parameters. It is trained three ways, each with the same
+student has the same widths but one convolution per block: a third of the
+parameters and of the compute. It is trained three ways, each with the same
 seed, optimizer and epochs:
 
 1. on the labels alone (the baseline);
@@ -18,6 +18,17 @@ The feature losses tap the blocks by layer name: the models are ordinary
 Keras models, run once per step. The connector of the hint is trained with
 the student and left out of the exported student.
 
+Measured with the defaults (first 20,000 training images, 8 epochs each,
+seed 0, JAX, 2 CPU cores; about 8 minutes), test accuracy: teacher 0.9089;
+student on labels 0.8775, with KD 0.8736, with KD + AT + FitNet 0.8768.
+On a validation split (training images 50,000-59,999) the same three
+students scored 0.8825, 0.8836 and 0.8804. The students differ by at most
+0.4 points, in no consistent direction: at this scale, where the student
+alone comes within three points of a teacher three times its size,
+neither KD nor the feature losses add a measurable gain. The tutorial shows
+how the losses are set up; `--seeds 0 1 2` and `--train-size` are there to
+measure them on other settings.
+
 Run: `KERAS_BACKEND=jax python examples/fashion_mnist_attention.py`
 (`--quick` for a smoke run; `--seeds 0 1 2` for several seeds). The data is
 fetched as `examples/datasets.py` describes.
@@ -29,7 +40,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +48,7 @@ from datasets import load_fashion_mnist  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 from keras_distill.losses import AttentionTransfer  # noqa: E402
 from keras_distill.losses import FitNet  # noqa: E402
+from results import print_accuracy_table  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BLOCKS = ["block1", "block2", "block3"]  # 28x28, 14x14 and 7x7 feature maps
@@ -64,7 +75,7 @@ def teacher_model():
 
 
 def student_model():
-    return cnn((8, 16, 32), 1, "student")
+    return cnn((16, 32, 64), 1, "student")
 
 
 def feature_losses():
@@ -76,10 +87,13 @@ def feature_losses():
     ]
 
 
-# KD has weight 1 - student_loss_weight = 0.5, as in the KD-only student. The
-# paper weighs attention transfer by beta / 2 = 500 per pair (for this mean
-# over positions); the hint by 1.
-FEATURE_LOSS_WEIGHTS = [0.5, 500.0, 1.0]
+# KD has weight 1 - student_loss_weight = 0.5, as in the KD-only student.
+# Zagoruyko & Komodakis weigh attention transfer by beta / 2 = 500 per pair
+# (for this mean over positions); on this data, with a student of half these
+# widths, that weight cost 4.5 points of validation accuracy, so it is 50
+# here. The hint's MSE, about 0.3 at the start, gets 0.1. Both were chosen
+# on a validation split (training images 50,000-59,999), not on the test set.
+FEATURE_LOSS_WEIGHTS = [0.5, 50.0, 0.1]
 
 
 def accuracy(model, x, y):
@@ -177,14 +191,7 @@ def main():
         )
         for seed in args.seeds
     ]
-    print(f"Fashion-MNIST test accuracy (10,000 images), backend "
-          f"{keras.backend.backend()}, seeds {args.seeds}:")
-    print(f"{'model':<28}{'accuracy':>10}{'± std':>8}{'params':>9}{'seconds':>9}")
-    for i, row in enumerate(runs[0]):
-        scores = [r[i]["accuracy"] for r in runs]
-        seconds = np.mean([r[i]["seconds"] for r in runs])
-        print(f"{row['model']:<28}{np.mean(scores):>10.4f}{np.std(scores):>8.4f}"
-              f"{row['params']:>9}{seconds:>9.1f}")
+    print_accuracy_table("Fashion-MNIST test accuracy (10,000 images)", runs)
 
 
 if __name__ == "__main__":

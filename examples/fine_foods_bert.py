@@ -24,6 +24,15 @@ positions out of them. Reviews are split into lower-case words; the 5,000
 most frequent form the vocabulary (a pretrained WordPiece vocabulary would
 need a download).
 
+Measured with the defaults (6 epochs each, 128 words, seed 0, JAX, 2 CPU
+cores; about 14 minutes), accuracy on the 1,000 test reviews: teacher
+0.788; student on labels 0.775, with DistilBERT's losses 0.786, with
+TinyBERT's 0.790. The student trains in half the teacher's time (its
+parameters are dominated by the shared-size word embedding). One seed and
+1,000 reviews give a standard error of about 1.3 points per accuracy, so
+the distilled students' 1.1 and 1.5 points over the labels-only student
+are suggestive, not established; `--seeds 0 1 2` measures more.
+
 Run: `KERAS_BACKEND=jax python examples/fine_foods_bert.py` (`--quick` for a
 smoke run). The data is fetched as `examples/datasets.py` describes.
 """
@@ -46,6 +55,7 @@ from datasets import load_fine_foods  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 from keras_distill.losses import HiddenCosine  # noqa: E402
 from keras_distill.losses import TransformerAttention  # noqa: E402
+from results import print_accuracy_table  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 PAD, UNKNOWN, CLS = 0, 1, 2
@@ -214,14 +224,9 @@ def main():
         )
         for seed in args.seeds
     ]
-    print(f"Fine-food reviews, test accuracy (1,000 reviews, 65.8% 'great'), "
-          f"backend {keras.backend.backend()}, seeds {args.seeds}:")
-    print(f"{'model':<30}{'accuracy':>10}{'± std':>8}{'params':>10}{'seconds':>9}")
-    for i, row in enumerate(runs[0]):
-        scores = [r[i]["accuracy"] for r in runs]
-        seconds = np.mean([r[i]["seconds"] for r in runs])
-        print(f"{row['model']:<30}{np.mean(scores):>10.4f}{np.std(scores):>8.4f}"
-              f"{row['params']:>10}{seconds:>9.1f}")
+    print_accuracy_table(
+        "Fine-food reviews, test accuracy (1,000 reviews, 65.8% 'great')", runs
+    )
 
 
 if __name__ == "__main__":
