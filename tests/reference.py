@@ -4,6 +4,8 @@ Written from the papers' formulas, not from the library's code; the tests
 compare the library with these.
 """
 
+import math
+
 import keras
 import numpy as np
 
@@ -253,3 +255,117 @@ def ref_attention_map_loss(teacher, student, kind="mse", key_mask=None):
         return np.where(used, terms, 0.0).sum(-1).mean(1)
     squared = np.where(keep, (s - t) ** 2, 0.0)
     return (squared.sum(-1) / np.maximum(keep.sum(-1), 1)).mean(1)
+
+
+# ---------------------------------------------------------------------------
+# Relation-based losses: sample pairs and triplets, in explicit loops
+# ---------------------------------------------------------------------------
+
+
+def _np_huber(x):
+    return np.where(np.abs(x) < 1.0, 0.5 * x * x, np.abs(x) - 0.5)
+
+
+def _np_rows(x):
+    x = np.asarray(x, np.float64)
+    return x.reshape(len(x), -1)
+
+
+def ref_rkd_distance(teacher, student, weights=None):
+    """Park et al. 2019, distance term: psi = d / mean d over pairs i != j
+    (samples of weight 0 left out of the mean); Huber of the difference,
+    weighted by w_i w_j, averaged over all ordered pairs i != j."""
+    t, s = _np_rows(teacher), _np_rows(student)
+    b = len(t)
+    w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
+    pairs = [(i, j) for i in range(b) for j in range(b) if i != j]
+    kept = [(i, j) for i, j in pairs if w[i] != 0 and w[j] != 0]
+
+    def psi(x):
+        d = {(i, j): np.linalg.norm(x[i] - x[j]) for i, j in pairs}
+        mu = np.mean([d[p] for p in kept])
+        return {p: d[p] / mu for p in pairs}
+
+    p_t, p_s = psi(t), psi(s)
+    total = sum(w[i] * w[j] * _np_huber(p_s[i, j] - p_t[i, j]) for i, j in pairs)
+    return total / len(pairs)
+
+
+def ref_rkd_angle(teacher, student, weights=None):
+    """Park et al. 2019, angle term: for distinct (i, j, k), the cosine of
+    the angle at x_j between x_i - x_j and x_k - x_j; Huber of the
+    difference, weighted by w_i w_j w_k, averaged over the triplets."""
+    t, s = _np_rows(teacher), _np_rows(student)
+    b = len(t)
+    w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
+
+    def cos(x, i, j, k):
+        u, v = x[i] - x[j], x[k] - x[j]
+        return u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+
+    triplets = [
+        (i, j, k) for i in range(b) for j in range(b) for k in range(b)
+        if len({i, j, k}) == 3
+    ]
+    total = sum(
+        w[i] * w[j] * w[k] * _np_huber(cos(s, i, j, k) - cos(t, i, j, k))
+        for i, j, k in triplets
+    )
+    return total / len(triplets)
+
+
+def ref_similarity_preserving(teacher, student, weights=None):
+    """Tung & Mori 2019: ||G_s/row norms - G_t/row norms||_F^2 / B^2, G the
+    Gram matrix over the samples of nonzero weight, pairs weighted w_i w_j."""
+    t, s = _np_rows(teacher), _np_rows(student)
+    b = len(t)
+    w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
+    keep = w != 0
+
+    def similarities(x):
+        gram = (x @ x.T) * keep[None, :]
+        return gram / np.linalg.norm(gram, axis=1, keepdims=True)
+
+    difference = similarities(s) - similarities(t)
+    return (np.outer(w, w) * difference ** 2).sum() / b ** 2
+
+
+def ref_pkt(teacher, student, weights=None, eps=1e-7):
+    """Passalis & Tefas 2018: P(j|i) from (cos + 1) / 2 over the samples of
+    nonzero weight; KL(P_t(.|i) || P_s(.|i)) per sample, w-weighted mean."""
+    t, s = _np_rows(teacher), _np_rows(student)
+    b = len(t)
+    w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
+    keep = (w != 0).astype(np.float64)
+
+    def conditional(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        kernel = (x @ x.T + 1.0) / 2.0 * keep[None, :]
+        return kernel / kernel.sum(axis=1, keepdims=True)
+
+    p_t, p_s = conditional(t), conditional(s)
+    kl = (p_t * (np.log(p_t + eps) - np.log(p_s + eps))).sum(axis=1)
+    return (w * kl).sum() / b
+
+
+def ref_correlation_congruence(teacher, student, weights=None, gamma=0.4, order=2):
+    """Peng et al. 2019: Gaussian-kernel correlations of the L2-normalised
+    embeddings exp(-gamma ||x_i - x_j||^2), or their Taylor series to
+    `order` in x_i . x_j; squared Frobenius distance / B^2."""
+    t, s = _np_rows(teacher), _np_rows(student)
+    b = len(t)
+    w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
+
+    def correlations(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        if order is None:
+            squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+            return np.exp(-gamma * squared)
+        dot = x @ x.T
+        return sum(
+            np.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * dot ** p
+            for p in range(order + 1)
+        )
+
+    difference = correlations(s) - correlations(t)
+    return (np.outer(w, w) * difference ** 2).sum() / b ** 2

@@ -12,9 +12,10 @@ def test_public_names():
     ]
     assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
     assert losses.CLASSES == [
-        "AttentionTransfer", "DIST", "DKD", "DistillationLoss",
-        "FeatureDistillation", "FitNet", "HiddenCosine", "KD", "LayerPairLoss",
-        "LogitsDistillation", "TransformerAttention",
+        "AttentionTransfer", "CorrelationCongruence", "DIST", "DKD",
+        "DistillationLoss", "FeatureDistillation", "FitNet", "HiddenCosine",
+        "KD", "LayerPairLoss", "LogitsDistillation", "PKT", "RKD",
+        "RelationLoss", "SimilarityPreserving", "TransformerAttention",
     ]
     for module in (keras_distill, callbacks, losses):
         missing = set(module.__all__) - set(dir(module))

@@ -15,6 +15,17 @@ from keras_distill.losses.feature import connector_for
 from keras_distill.losses.feature import hidden_cosine
 from keras_distill.losses.keras_compat import FeatureDistillation
 from keras_distill.losses.keras_compat import LogitsDistillation
+from keras_distill.losses.relation import PKT
+from keras_distill.losses.relation import RKD
+from keras_distill.losses.relation import CorrelationCongruence
+from keras_distill.losses.relation import RelationLoss
+from keras_distill.losses.relation import SimilarityPreserving
+from keras_distill.losses.relation import correlation_congruence
+from keras_distill.losses.relation import pairwise_distances
+from keras_distill.losses.relation import pkt
+from keras_distill.losses.relation import rkd_angle
+from keras_distill.losses.relation import rkd_distance
+from keras_distill.losses.relation import similarity_preserving
 from keras_distill.losses.response import DIST
 from keras_distill.losses.response import DKD
 from keras_distill.losses.response import KD
@@ -25,6 +36,7 @@ from keras_distill.losses.response import soft_log_probabilities
 
 __all__ = [
     "AttentionTransfer",
+    "CorrelationCongruence",
     "DIST",
     "DKD",
     "DistillationLoss",
@@ -34,14 +46,24 @@ __all__ = [
     "KD",
     "LayerPairLoss",
     "LogitsDistillation",
+    "PKT",
+    "RKD",
+    "RelationLoss",
+    "SimilarityPreserving",
     "TransformerAttention",
     "attention_map_loss",
     "attention_transfer",
     "connector_for",
+    "correlation_congruence",
     "dist",
     "dkd",
     "hidden_cosine",
     "kd",
+    "pairwise_distances",
+    "pkt",
+    "rkd_angle",
+    "rkd_distance",
+    "similarity_preserving",
     "soft_log_probabilities",
     "spatial_attention",
     "uniform_layer_map",

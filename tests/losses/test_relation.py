@@ -1,0 +1,182 @@
+"""Tests of the relation-based losses: RKD, SP, PKT and CC.
+
+Values are checked against the float64 NumPy references in
+tests/reference.py, written as explicit loops over pairs and triplets from
+the papers' definitions, and against cases worked out by hand; plus the
+invariances each method has, sample weights, and finite gradients where
+embeddings coincide.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_distill
+from keras_distill.losses import PKT
+from keras_distill.losses import RKD
+from keras_distill.losses import CorrelationCongruence
+from keras_distill.losses import SimilarityPreserving
+from keras_distill.losses import correlation_congruence
+from keras_distill.losses import pkt
+from keras_distill.losses import rkd_angle
+from keras_distill.losses import rkd_distance
+from keras_distill.losses import similarity_preserving
+from tests.reference import assert_close
+from tests.reference import fit_and_evaluate
+from tests.reference import grad_wrt
+from tests.reference import logits
+from tests.reference import ref_correlation_congruence
+from tests.reference import ref_pkt
+from tests.reference import ref_rkd_angle
+from tests.reference import ref_rkd_distance
+from tests.reference import ref_similarity_preserving
+
+FUNCTIONS = {
+    "rkd_distance": (rkd_distance, ref_rkd_distance),
+    "rkd_angle": (rkd_angle, ref_rkd_angle),
+    "similarity_preserving": (similarity_preserving, ref_similarity_preserving),
+    "pkt": (pkt, ref_pkt),
+    "cc_taylor": (correlation_congruence, ref_correlation_congruence),
+    "cc_exact": (
+        lambda t, s, w=None: correlation_congruence(t, s, w, order=None),
+        lambda t, s, w=None: ref_correlation_congruence(t, s, w, order=None),
+    ),
+}
+
+
+def embeddings(batch=6, width=5, seed=0):
+    return logits((batch, width), seed, scale=1.0)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_functions_match_the_references(name):
+    fn, ref = FUNCTIONS[name]
+    t, s = embeddings(6, 7, 1), embeddings(6, 3, 2)  # widths may differ
+    assert_close(fn(t, s), ref(t, s), rtol=1e-4, atol=1e-6)
+    weights = np.array([1.0, 0.5, 2.0, 0.0, 1.0, 3.0], "float32")
+    assert_close(fn(t, s, weights), ref(t, s, weights), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_a_sample_of_weight_zero_takes_no_part(name):
+    fn, _ = FUNCTIONS[name]
+    t, s = embeddings(5, 4, 3), embeddings(5, 4, 4)
+    weights = np.array([1.0, 1.0, 1.0, 1.0, 0.0], "float32")
+    # Averages divide by all pairs (or samples), like Keras's reduction.
+    counts = {"rkd_distance": (4 * 3, 5 * 4), "rkd_angle": (4 * 3 * 2, 5 * 4 * 3),
+              "pkt": (4, 5)}.get(name, (16, 25))
+    expected = float(fn(t[:4], s[:4])) * counts[0] / counts[1]
+    assert_close(fn(t, s, weights), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_hand_worked_values():
+    # RKD distance. Teacher points 0, 1, 2: distances 1, 1, 2, mean 4/3.
+    # Student points 0, 1, 3: distances 1, 2, 3, mean 2. Normalised
+    # differences -0.25, 0.25 and 0 give Huber 1/32, 1/32, 0 per unordered
+    # pair; twice that over 6 ordered pairs is 1/48.
+    t = np.array([[0.0], [1.0], [2.0]], "float32")
+    s = np.array([[0.0], [1.0], [3.0]], "float32")
+    assert_close(rkd_distance(t, s), 1 / 48, rtol=1e-5)
+    # RKD angle. Teacher: a right angle at (0, 0), 45 degrees at the other
+    # two corners. Student: three points on a line, cosines 1, -1, 1.
+    # Huber(1) + Huber(-1 - 1/sqrt 2) + Huber(1 - 1/sqrt 2), each twice,
+    # over 6 triplets: 1.75 / 3.
+    t = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], "float32")
+    s = np.array([[0.0], [1.0], [2.0]], "float32")
+    assert_close(rkd_angle(t, s), 1.75 / 3, rtol=1e-5)
+    # SP. Teacher Gram I; student Gram all ones, rows 1/sqrt 2 after
+    # normalising: (2 (1 - 1/sqrt 2)^2 + 2 / 2) / 4 = (2 - sqrt 2) / 2.
+    t = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    s = np.array([[1.0, 0.0], [1.0, 0.0]], "float32")
+    assert_close(similarity_preserving(t, s), (2 - np.sqrt(2)) / 2, rtol=1e-5)
+    # PKT. Teacher orthogonal: P(.|i) = (2/3, 1/3); student identical rows:
+    # (1/2, 1/2). KL = 2/3 ln(4/3) + 1/3 ln(2/3) per sample.
+    expected = 2 / 3 * np.log(4 / 3) + 1 / 3 * np.log(2 / 3)
+    assert_close(pkt(t, s), expected, rtol=1e-5)
+
+
+def test_invariances():
+    t, s = embeddings(6, 5, 5), embeddings(6, 4, 6)
+    # RKD distance: unchanged when the teacher's embeddings are scaled.
+    assert_close(rkd_distance(3.7 * t, s), float(rkd_distance(t, s)), rtol=1e-5)
+    # RKD angle: unchanged by translating and scaling either model.
+    assert_close(rkd_angle(2.0 * t + 5.0, 0.5 * s - 1.0), float(rkd_angle(t, s)),
+                 rtol=1e-4)
+    # SP: unchanged when feature channels are permuted.
+    permuted = s[:, np.random.default_rng(0).permutation(4)]
+    assert_close(similarity_preserving(t, permuted),
+                 float(similarity_preserving(t, s)), rtol=1e-5)
+    # PKT and CC read directions only: unchanged by scaling.
+    assert_close(pkt(4.0 * t, 0.3 * s), float(pkt(t, s)), rtol=1e-5)
+    assert_close(correlation_congruence(4.0 * t, s),
+                 float(correlation_congruence(t, s)), rtol=1e-5)
+    # Equal relations give zero, whatever the widths.
+    rotation = np.linalg.qr(np.random.default_rng(1).normal(size=(5, 5)))[0]
+    same = (t @ rotation).astype("float32")
+    for fn in (rkd_distance, rkd_angle, similarity_preserving, pkt):
+        assert_close(fn(t, same), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_gradients_stay_finite_where_embeddings_coincide(name):
+    fn, _ = FUNCTIONS[name]
+    t = embeddings(4, 3, 7)
+    s = embeddings(4, 3, 8)
+    s[1] = s[0]  # two student embeddings coincide
+    gradient = grad_wrt(lambda x: fn(t, x), s)
+    assert np.all(np.isfinite(gradient)), gradient
+
+
+def test_rkd_at_batch_256_runs_with_its_gradient():
+    """The angle term's memory bound, B^2 (D + B) floats per tensor, is
+    about 100 MiB at this size: it must run, with finite gradients."""
+    t, s = embeddings(256, 128, 9), embeddings(256, 64, 10)
+    loss = RKD()
+    gradient = grad_wrt(lambda x: loss.relation_loss(t, x), s)
+    assert gradient.shape == s.shape and np.all(np.isfinite(gradient))
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="both"):
+        RKD(teacher_layer="embedding")
+    with pytest.raises(ValueError, match=">= 0"):
+        RKD(angle_weight=-1.0)
+    with pytest.raises(ValueError, match="gamma"):
+        CorrelationCongruence(gamma=0.0)
+    with pytest.raises(ValueError, match="order"):
+        CorrelationCongruence(order=1.5)
+
+
+def embedding_model(width, name):
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(16, activation="relu")(inputs)
+    x = keras.layers.Dense(width, name="embedding")(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x), name=name)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [RKD(teacher_layer="embedding", student_layer="embedding"),
+     SimilarityPreserving("embedding", "embedding"),
+     PKT("embedding", "embedding"),
+     CorrelationCongruence(teacher_layer="embedding", student_layer="embedding"),
+     RKD(angle_weight=0.0)],
+    ids=lambda loss: loss.name + ("_outputs" if not loss.teacher_layers() else ""),
+)
+def test_distiller_lowers_the_loss_between_embeddings_of_other_widths(loss):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    distiller = keras_distill.Distiller(
+        embedding_model(12, "teacher"), embedding_model(4, "student"), loss,
+        student_loss_weight=0.1, distillation_loss_weights=[1.0],
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(0.02),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    fit_and_evaluate(distiller, x, y, loss.name, epochs=5)
+
+    restored = type(loss).from_config(loss.get_config())
+    assert restored.get_config() == loss.get_config()
