@@ -278,12 +278,16 @@ class Distiller(keras.Model):
             self.distillation_loss_weights,
             self.loss_trackers,
         ):
+            # Losses with state of their own (CRD's queues) update it only
+            # in training steps.
+            stateful = {"training": training} if loss.has_training_state else {}
             value = loss.compute_loss(
                 teacher_features if loss.teacher_layers() else teacher_outputs,
                 student_features if loss.student_layers() else y_pred,
                 labels=y,
                 sample_weight=sample_weight,
                 inputs=x,
+                **stateful,
             )
             value = ops.cast(value, "float32")
             if len(value.shape) != 0:

@@ -369,3 +369,16 @@ def ref_correlation_congruence(teacher, student, weights=None, gamma=0.4, order=
 
     difference = correlations(s) - correlations(t)
     return (np.outer(w, w) * difference ** 2).sum() / b ** 2
+
+
+def ref_info_nce(anchors, positives, negatives, temperature):
+    """Oord et al. 2018 / Tian et al. 2020: -log of the softmax probability
+    of the positive among the positive and the K negatives, per anchor."""
+    a = np.asarray(anchors, np.float64)
+    p = np.asarray(positives, np.float64)
+    n = np.asarray(negatives, np.float64)
+    out = []
+    for anchor, positive in zip(a, p):
+        scores = np.concatenate([[anchor @ positive], n @ anchor]) / temperature
+        out.append(-(scores[0] - np.log(np.exp(scores).sum())))
+    return np.array(out)

@@ -12,7 +12,7 @@ def test_public_names():
     ]
     assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
     assert losses.CLASSES == [
-        "AttentionTransfer", "CorrelationCongruence", "DIST", "DKD",
+        "AttentionTransfer", "CRD", "CorrelationCongruence", "DIST", "DKD",
         "DistillationLoss", "FeatureDistillation", "FitNet", "HiddenCosine",
         "KD", "LayerPairLoss", "LogitsDistillation", "PKT", "RKD",
         "RelationLoss", "SimilarityPreserving", "TransformerAttention",

@@ -7,6 +7,8 @@ from keras_distill.losses.attention import attention_transfer
 from keras_distill.losses.attention import spatial_attention
 from keras_distill.losses.attention import uniform_layer_map
 from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.contrastive import CRD
+from keras_distill.losses.contrastive import info_nce
 from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.feature import FitNet
 from keras_distill.losses.feature import HiddenCosine
@@ -36,6 +38,7 @@ from keras_distill.losses.response import soft_log_probabilities
 
 __all__ = [
     "AttentionTransfer",
+    "CRD",
     "CorrelationCongruence",
     "DIST",
     "DKD",
@@ -58,6 +61,7 @@ __all__ = [
     "dist",
     "dkd",
     "hidden_cosine",
+    "info_nce",
     "kd",
     "pairwise_distances",
     "pkt",

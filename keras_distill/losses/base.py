@@ -115,6 +115,10 @@ class DistillationLoss(keras.layers.Layer):
     #: report the student's top-1 agreement with the teacher on its outputs.
     compares_predictions = False
 
+    #: Whether this loss keeps state that training steps update (a queue of
+    #: negatives); the Distiller then passes `training=` to `compute_loss`.
+    has_training_state = False
+
     def __init__(self, output=None, name=None, **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(name=name or _snake_case(type(self).__name__), **kwargs)
