@@ -37,37 +37,18 @@ fetched as `examples/datasets.py` describes.
 import argparse
 import os
 import sys
-import time
-
-import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_distill  # noqa: E402
-from datasets import load_fashion_mnist  # noqa: E402
+from fashion_mnist import cnn  # noqa: E402
+from fashion_mnist import load  # noqa: E402
+from fashion_mnist import train_all  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 from keras_distill.losses import AttentionTransfer  # noqa: E402
 from keras_distill.losses import FitNet  # noqa: E402
-from results import print_accuracy_table  # noqa: E402
+from results import print_table  # noqa: E402
 
-SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 BLOCKS = ["block1", "block2", "block3"]  # 28x28, 14x14 and 7x7 feature maps
-
-
-def cnn(widths, convs_per_block, name):
-    """A CNN whose blocks end in ReLU layers named `block1`, `block2`, ..."""
-    inputs = keras.Input((28, 28, 1))
-    x = inputs
-    for b, width in enumerate(widths, start=1):
-        if b > 1:
-            x = keras.layers.MaxPooling2D()(x)
-        for c in range(convs_per_block):
-            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-            x = keras.layers.BatchNormalization()(x)
-            last = c == convs_per_block - 1
-            x = keras.layers.ReLU(name=f"block{b}" if last else None)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name=name)
 
 
 def teacher_model():
@@ -78,26 +59,32 @@ def student_model():
     return cnn((16, 32, 64), 1, "student")
 
 
-def feature_losses():
-    """The losses of the third student: KD, attention on every block, a hint."""
+def students():
+    """`(name, losses, loss weights)` of each student."""
+    # KD has weight 1 - student_loss_weight = 0.5. Zagoruyko & Komodakis
+    # weigh attention transfer by beta / 2 = 500 per pair (for this mean
+    # over positions); on this data, with a student of half these widths,
+    # that weight cost 4.5 points of validation accuracy, so it is 50 here.
+    # The hint's MSE, about 0.3 at the start, gets 0.1. Both were chosen on
+    # a validation split (training images 50,000-59,999), not on the test
+    # set.
     return [
-        KD(temperature=4.0),
-        AttentionTransfer(BLOCKS, BLOCKS),
-        FitNet("block2", "block2"),
+        ("student, labels only", None, None),
+        ("student + KD", [KD(temperature=4.0)], None),
+        (
+            "student + KD + AT + FitNet",
+            [KD(temperature=4.0), AttentionTransfer(BLOCKS, BLOCKS),
+             FitNet("block2", "block2")],
+            [0.5, 50.0, 0.1],
+        ),
     ]
 
 
-# KD has weight 1 - student_loss_weight = 0.5, as in the KD-only student.
-# Zagoruyko & Komodakis weigh attention transfer by beta / 2 = 500 per pair
-# (for this mean over positions); on this data, with a student of half these
-# widths, that weight cost 4.5 points of validation accuracy, so it is 50
-# here. The hint's MSE, about 0.3 at the start, gets 0.1. Both were chosen
-# on a validation split (training images 50,000-59,999), not on the test set.
-FEATURE_LOSS_WEIGHTS = [0.5, 50.0, 0.1]
-
-
-def accuracy(model, x, y):
-    return float((model.predict(x, batch_size=1000, verbose=0).argmax(-1) == y).mean())
+def accuracy(x, y):
+    def measure(model):
+        predictions = model.predict(x, batch_size=1000, verbose=0)
+        return {"accuracy": float((predictions.argmax(-1) == y).mean())}
+    return measure
 
 
 def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0):
@@ -115,62 +102,11 @@ def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0):
         A list of dicts, one per model: name, test accuracy, parameters and
         training seconds.
     """
-    (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
-    if train_size:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    x_train = (x_train[..., None] / 255.0).astype("float32")
-    x_test = (x_test[..., None] / 255.0).astype("float32")
-    batch_size = 128
-    steps = -(-len(x_train) // batch_size)
-
-    def adam(num_epochs):
-        return keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(3e-3, num_epochs * steps)
-        )
-
-    rows = []
-
-    def train(name, build, num_epochs):
-        keras.utils.set_random_seed(seed)
-        start = time.perf_counter()
-        model, trained = build()
-        model.compile(adam(num_epochs), SCCE)
-        model.fit(
-            x_train, y_train, epochs=num_epochs, batch_size=batch_size,
-            verbose=verbose,
-        )
-        rows.append({
-            "model": name,
-            "accuracy": accuracy(trained, x_test, y_test),
-            "params": trained.count_params(),
-            "seconds": round(time.perf_counter() - start, 1),
-        })
-        return trained
-
-    def plain(factory):
-        def build():
-            model = factory()
-            return model, model
-        return build
-
-    def distilled(losses, weights=None):
-        def build():
-            distiller = keras_distill.Distiller(
-                teacher, student_model(), losses,
-                distillation_loss_weights=weights,
-            )
-            return distiller, distiller.student
-        return build
-
-    teacher = train("teacher", plain(teacher_model), teacher_epochs)
-    train("student, labels only", plain(student_model), epochs)
-    train("student + KD", distilled(KD(temperature=4.0)), epochs)
-    train(
-        "student + KD + AT + FitNet",
-        distilled(feature_losses(), FEATURE_LOSS_WEIGHTS),
-        epochs,
+    data = load(train_size)
+    return train_all(
+        teacher_model, student_model, students(), data, epochs, teacher_epochs,
+        accuracy(*data[1]), seed=seed, verbose=verbose,
     )
-    return rows
 
 
 def main():
@@ -191,7 +127,7 @@ def main():
         )
         for seed in args.seeds
     ]
-    print_accuracy_table("Fashion-MNIST test accuracy (10,000 images)", runs)
+    print_table("Fashion-MNIST test accuracy (10,000 images)", runs)
 
 
 if __name__ == "__main__":

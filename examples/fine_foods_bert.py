@@ -55,7 +55,7 @@ from datasets import load_fine_foods  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 from keras_distill.losses import HiddenCosine  # noqa: E402
 from keras_distill.losses import TransformerAttention  # noqa: E402
-from results import print_accuracy_table  # noqa: E402
+from results import print_table  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 PAD, UNKNOWN, CLS = 0, 1, 2
@@ -224,7 +224,7 @@ def main():
         )
         for seed in args.seeds
     ]
-    print_accuracy_table(
+    print_table(
         "Fine-food reviews, test accuracy (1,000 reviews, 65.8% 'great')", runs
     )
 

@@ -119,6 +119,7 @@ def test_fine_foods_encoding_and_distilbert_initialisation():
 @pytest.mark.parametrize(
     "script, row",
     [("fashion_mnist_attention.py", "student + KD + AT + FitNet"),
+     ("fashion_mnist_embeddings.py", "student + CRD"),
      ("fine_foods_bert.py", "student + TinyBERT losses")],
 )
 def test_tutorial_quick_mode_prints_its_table(script, row):

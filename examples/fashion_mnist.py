@@ -1,0 +1,109 @@
+"""What the Fashion-MNIST tutorials share: the data, the CNNs, the training.
+
+Both tutorials train a teacher and several students the same way (Adam with
+a cosine-decayed learning rate, the same seed for every model) and compare
+them in one table; only the losses and the measures differ.
+"""
+
+import time
+
+import keras
+
+import keras_distill
+from datasets import load_fashion_mnist
+
+SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def load(train_size=None):
+    """Fashion-MNIST scaled to [0, 1], `(B, 28, 28, 1)`; the first
+    `train_size` training images (all when `None`) and the 10,000 test
+    images."""
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
+    if train_size:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+
+    def scale(x):
+        return (x[..., None] / 255.0).astype("float32")
+
+    return (scale(x_train), y_train), (scale(x_test), y_test)
+
+
+def cnn(widths, convs_per_block, name, embedding_dim=None):
+    """A CNN whose blocks end in ReLU layers named `block1`, `block2`, ...
+
+    Each block after the first starts with 2x2 max pooling; each convolution
+    is 3x3 with batch normalisation. Global average pooling (`"pool"`), an
+    optional `Dense` layer `"embedding"`, then ten logits.
+    """
+    inputs = keras.Input((28, 28, 1))
+    x = inputs
+    for b, width in enumerate(widths, start=1):
+        if b > 1:
+            x = keras.layers.MaxPooling2D()(x)
+        for c in range(convs_per_block):
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization()(x)
+            last = c == convs_per_block - 1
+            x = keras.layers.ReLU(name=f"block{b}" if last else None)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if embedding_dim:
+        x = keras.layers.Dense(embedding_dim, name="embedding")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name=name)
+
+
+def train_all(teacher_factory, student_factory, students, data, epochs,
+              teacher_epochs, measure, seed=0, verbose=0):
+    """Trains the teacher, then each student; returns one row per model.
+
+    Args:
+        teacher_factory: builds the teacher.
+        student_factory: builds a fresh student.
+        students: `(name, losses, loss_weights)` per student; `losses` is
+            `None` for the student trained on the labels alone.
+        data: `((x_train, y_train), (x_test, y_test))`.
+        epochs: epochs of each student.
+        teacher_epochs: epochs of the teacher.
+        measure: `measure(model) -> dict` of test measures.
+        seed: the random seed of every model. Defaults to 0.
+        verbose: Keras verbosity. Defaults to 0.
+
+    Returns:
+        A list of dicts: model name, the measures, parameters and seconds.
+    """
+    (x_train, y_train), _ = data
+    batch_size = 128
+    steps = -(-len(x_train) // batch_size)
+    rows = []
+
+    def train(name, model, trained, num_epochs):
+        start = time.perf_counter()
+        model.compile(
+            keras.optimizers.Adam(
+                keras.optimizers.schedules.CosineDecay(3e-3, num_epochs * steps)
+            ),
+            SCCE,
+        )
+        model.fit(x_train, y_train, epochs=num_epochs, batch_size=batch_size,
+                  verbose=verbose)
+        rows.append({
+            "model": name,
+            **measure(trained),
+            "params": trained.count_params(),
+            "seconds": round(time.perf_counter() - start, 1),
+        })
+
+    keras.utils.set_random_seed(seed)
+    teacher = teacher_factory()
+    train("teacher", teacher, teacher, teacher_epochs)
+    for name, losses, weights in students:
+        keras.utils.set_random_seed(seed)
+        student = student_factory()
+        if losses is None:
+            train(name, student, student, epochs)
+            continue
+        distiller = keras_distill.Distiller(
+            teacher, student, losses, distillation_loss_weights=weights
+        )
+        train(name, distiller, student, epochs)
+    return rows
