@@ -5,12 +5,14 @@ a cosine-decayed learning rate, the same seed for every model) and compare
 them in one table; only the losses and the measures differ.
 """
 
+import argparse
 import time
 
 import keras
 
 import keras_distill
 from datasets import load_fashion_mnist
+from results import print_table
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -107,3 +109,60 @@ def train_all(teacher_factory, student_factory, students, data, epochs,
         )
         train(name, distiller, student, epochs)
     return rows
+
+
+def experiment(teacher_factory, student_factory, students, measure):
+    """A tutorial's `run` function, for its models and measures.
+
+    Args:
+        teacher_factory: builds the teacher.
+        student_factory: builds a fresh student.
+        students: returns `(name, losses, loss_weights)` per student.
+        measure: `measure(x_test, y_test)` returns `measure(model) -> dict`.
+
+    Returns:
+        `run(epochs=8, teacher_epochs=8, train_size=20000, seed=0,
+        verbose=0)`, which trains the teacher on the first `train_size`
+        training images (all when `None`), then each student, with the given
+        epochs and seed, and returns one row per model: its name, the test
+        measures, parameters and training seconds.
+    """
+
+    def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0):
+        data = load(train_size)
+        return train_all(
+            teacher_factory, student_factory, students(), data, epochs,
+            teacher_epochs, measure(*data[1]), seed=seed, verbose=verbose,
+        )
+
+    return run
+
+
+def main(description, run, title, measures=("accuracy",)):
+    """The tutorials' command line: runs `run` per seed, prints the table.
+
+    Args:
+        description: the script's docstring.
+        run: `run(epochs, teacher_epochs, train_size, seed) -> rows`.
+        title: the table's heading.
+        measures: the measures `run`'s rows hold. Defaults to
+            `("accuracy",)`.
+    """
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2,000 training images and 1 epoch: a smoke run.")
+    args = parser.parse_args()
+    runs = [
+        run(
+            epochs=1 if args.quick else args.epochs,
+            teacher_epochs=1 if args.quick else args.teacher_epochs,
+            train_size=2000 if args.quick else args.train_size,
+            seed=seed,
+        )
+        for seed in args.seeds
+    ]
+    print_table(title, runs, measures)

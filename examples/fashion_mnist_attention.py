@@ -34,19 +34,17 @@ Run: `KERAS_BACKEND=jax python examples/fashion_mnist_attention.py`
 fetched as `examples/datasets.py` describes.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fashion_mnist import cnn  # noqa: E402
-from fashion_mnist import load  # noqa: E402
-from fashion_mnist import train_all  # noqa: E402
+from fashion_mnist import experiment  # noqa: E402
+from fashion_mnist import main  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 from keras_distill.losses import AttentionTransfer  # noqa: E402
 from keras_distill.losses import FitNet  # noqa: E402
-from results import print_table  # noqa: E402
 
 BLOCKS = ["block1", "block2", "block3"]  # 28x28, 14x14 and 7x7 feature maps
 
@@ -87,48 +85,8 @@ def accuracy(x, y):
     return measure
 
 
-def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0):
-    """Trains the teacher and the three students; returns their results.
-
-    Args:
-        epochs: epochs of each student. Defaults to 8.
-        teacher_epochs: epochs of the teacher. Defaults to 8.
-        train_size: use the first `train_size` training images. Defaults to
-            20,000; `None` or 60,000 for all.
-        seed: the random seed of every model. Defaults to 0.
-        verbose: Keras verbosity. Defaults to 0.
-
-    Returns:
-        A list of dicts, one per model: name, test accuracy, parameters and
-        training seconds.
-    """
-    data = load(train_size)
-    return train_all(
-        teacher_model, student_model, students(), data, epochs, teacher_epochs,
-        accuracy(*data[1]), seed=seed, verbose=verbose,
-    )
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--teacher-epochs", type=int, default=8)
-    parser.add_argument("--train-size", type=int, default=20000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="2,000 training images and 1 epoch: a smoke run.")
-    args = parser.parse_args()
-    runs = [
-        run(
-            epochs=1 if args.quick else args.epochs,
-            teacher_epochs=1 if args.quick else args.teacher_epochs,
-            train_size=2000 if args.quick else args.train_size,
-            seed=seed,
-        )
-        for seed in args.seeds
-    ]
-    print_table("Fashion-MNIST test accuracy (10,000 images)", runs)
+run = experiment(teacher_model, student_model, students, accuracy)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, run, "Fashion-MNIST test accuracy (10,000 images)")
