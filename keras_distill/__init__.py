@@ -2,6 +2,7 @@
 
 from keras_distill import callbacks
 from keras_distill import losses
+from keras_distill import teachers
 from keras_distill.distiller import Distiller
 from keras_distill.losses import DistillationLoss
 from keras_distill.losses import FeatureDistillation
@@ -16,4 +17,5 @@ __all__ = [
     "LogitsDistillation",
     "callbacks",
     "losses",
+    "teachers",
 ]

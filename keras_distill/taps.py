@@ -158,12 +158,8 @@ class LayerTaps:
 
     def _input_specs(self):
         """The model's inputs as a structure of `(shape, dtype)` pairs."""
-        inputs = getattr(self.model, "inputs", None)
-        if inputs:
-            try:  # the inputs' structure: dicts stay dicts
-                inputs = self.model.input
-            except AttributeError:  # a Sequential built with .build(shape)
-                inputs = inputs[0] if len(inputs) == 1 else inputs
+        inputs = symbolic_inputs(self.model)
+        if inputs is not None:
             return keras.tree.map_structure(
                 lambda x: (tuple(x.shape), x.dtype), inputs
             )
@@ -176,6 +172,18 @@ class LayerTaps:
         return keras.tree.map_shape_structure(
             lambda shape: (tuple(shape), "float32"), build_config["input_shape"]
         )
+
+
+def symbolic_inputs(model):
+    """A Functional or Sequential model's symbolic inputs, in their
+    structure (a dict stays a dict); `None` for a subclassed model."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return None
+    try:
+        return model.input
+    except AttributeError:  # a Sequential built with .build(shape)
+        return inputs[0] if len(inputs) == 1 else inputs
 
 
 def _is_spec(x):

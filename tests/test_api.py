@@ -8,7 +8,7 @@ from keras_distill import losses
 def test_public_names():
     assert sorted(keras_distill.__all__) == [
         "DistillationLoss", "Distiller", "FeatureDistillation",
-        "LogitsDistillation", "callbacks", "losses",
+        "LogitsDistillation", "callbacks", "losses", "teachers",
     ]
     assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
     assert losses.CLASSES == [

@@ -1,0 +1,96 @@
+"""Tests of `teachers.MultiTeacher`: the combinations against NumPy, and
+distilling an ensemble of different architectures."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_distill
+from keras_distill.losses import KD
+from keras_distill.losses import FitNet
+from keras_distill.teachers import MultiTeacher
+from tests.reference import assert_close
+from tests.reference import np_log_softmax
+from tests.reference import np_softmax
+from tests.reference import to_np
+
+SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def mlp(width, name, depth=1):
+    layers = [keras.Input((6,))]
+    layers += [keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")
+               for i in range(depth)]
+    return keras.Sequential(layers + [keras.layers.Dense(3, name="logits")], name=name)
+
+
+def ensemble(combine, weights=None):
+    keras.utils.set_random_seed(0)
+    teachers = [mlp(8, "wide"), mlp(4, "deep", depth=3)]
+    return MultiTeacher(teachers, weights=weights, combine=combine), teachers
+
+
+def batch(n=5):
+    return np.random.default_rng(0).normal(size=(n, 6)).astype("float32") * 3
+
+
+def test_mean_logits_and_mean_probabilities_match_numpy():
+    x = batch()
+    model, teachers = ensemble("mean_logits", weights=[3.0, 1.0])
+    each = [to_np(t(x)) for t in teachers]
+    assert_close(model(x), 0.75 * each[0] + 0.25 * each[1], rtol=1e-5)
+
+    model, _ = ensemble("mean_probabilities", weights=[3.0, 1.0])
+    mixture = 0.75 * np_softmax(each[0]) + 0.25 * np_softmax(each[1])
+    # The output is a log-probability: its softmax is the mixture.
+    assert_close(np_softmax(to_np(model(x))), mixture, rtol=1e-5)
+    assert_close(model(x), np.log(mixture), rtol=1e-5, atol=1e-6)
+
+
+def test_confidence_weighs_each_sample_by_each_teachers_top_probability():
+    x = batch()
+    model, teachers = ensemble("confidence", weights=[1.0, 2.0])
+    each = [to_np(t(x)) for t in teachers]
+    top = np.stack([np.exp(np_log_softmax(l)).max(-1) for l in each])  # (2, B)
+    weights = np.array([1 / 3, 2 / 3])[:, None] * top
+    weights /= weights.sum(0, keepdims=True)
+    expected = weights[0][:, None] * each[0] + weights[1][:, None] * each[1]
+    assert_close(model(x), expected, rtol=1e-5)
+
+
+def test_distils_an_ensemble_and_reaches_each_teachers_layers(tmp_path):
+    x, y = batch(64), np.random.default_rng(1).integers(0, 3, 64)
+    model, teachers = ensemble("mean_probabilities")
+    before = [to_np(v) for v in model.variables]
+    distiller = keras_distill.Distiller(
+        model, mlp(8, "student"),
+        [KD(temperature=2.0), FitNet("wide/hidden_0", "hidden_0")],
+    )
+    distiller.compile(optimizer=keras.optimizers.Adam(0.02), loss=SCCE)
+    history = distiller.fit(x, y, epochs=5, batch_size=16, verbose=0).history
+    assert history["kd"][-1] < history["kd"][0]
+    assert history["fit_net"][-1] < history["fit_net"][0]
+    for b, v in zip(before, model.variables):
+        np.testing.assert_array_equal(b, to_np(v))  # the teachers do not train
+
+    path = str(tmp_path / "ensemble.keras")
+    distiller.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert isinstance(reloaded.teacher, MultiTeacher)
+    assert_close(reloaded.teacher(x), to_np(model(x)), rtol=1e-5)
+
+
+def test_bad_ensembles_are_refused():
+    with pytest.raises(ValueError, match="distinct names"):
+        MultiTeacher([mlp(4, "same"), mlp(8, "same")])
+    with pytest.raises(ValueError, match="combine"):
+        MultiTeacher([mlp(4, "a")], combine="vote")
+    with pytest.raises(ValueError, match="one weight"):
+        MultiTeacher([mlp(4, "a"), mlp(4, "b")], weights=[1.0])
+    four_classes = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4)], name="four"
+    )
+    with pytest.raises(ValueError, match="same number of classes"):
+        MultiTeacher([mlp(4, "a"), four_classes])
+    with pytest.raises(TypeError, match="list of Keras models"):
+        MultiTeacher([keras.layers.Dense(3)])
