@@ -247,6 +247,8 @@ class Distiller(keras.Model):
         The outputs of the layers the losses tap are kept for `compute_loss`
         of the same step, so the student runs once.
         """
+        if hasattr(self.teacher, "student_view"):  # a cross-modal teacher
+            inputs = self.teacher.student_view(inputs)
         outputs, features = self._student_taps(inputs, training=training)
         object.__setattr__(self, "_student_features", features)
         return outputs

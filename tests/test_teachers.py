@@ -8,6 +8,7 @@ import pytest
 import keras_distill
 from keras_distill.losses import KD
 from keras_distill.losses import FitNet
+from keras_distill.teachers import CrossModal
 from keras_distill.teachers import MultiTeacher
 from tests.reference import assert_close
 from tests.reference import np_log_softmax
@@ -94,3 +95,68 @@ def test_bad_ensembles_are_refused():
         MultiTeacher([mlp(4, "a"), four_classes])
     with pytest.raises(TypeError, match="list of Keras models"):
         MultiTeacher([keras.layers.Dense(3)])
+
+
+# ---------------------------------------------------------------------------
+# CrossModal
+# ---------------------------------------------------------------------------
+
+
+def two_views(n=64):
+    """Paired views of each sample: 6 'pixel' values and 4 'coefficients'
+    computed from them; labels from the pixels."""
+    rng = np.random.default_rng(2)
+    pixels = rng.normal(size=(n, 6)).astype("float32")
+    coefficients = (pixels @ rng.normal(size=(6, 4))).astype("float32")
+    return {"pixels": pixels, "coefficients": coefficients}, pixels[:, :3].argmax(-1)
+
+
+def coefficient_student():
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden_0"),
+         keras.layers.Dense(3, name="logits")], name="student",
+    )
+
+
+def test_cross_modal_student_sees_only_its_own_view(tmp_path):
+    x, y = two_views()
+    keras.utils.set_random_seed(0)
+    teacher = CrossModal(mlp(8, "pixel_teacher"), "pixels", "coefficients")
+    distiller = keras_distill.Distiller(
+        teacher, coefficient_student(),
+        [KD(temperature=2.0), FitNet("pixel_teacher/hidden_0", "hidden_0")],
+    )
+    distiller.compile(optimizer=keras.optimizers.Adam(0.02), loss=SCCE)
+    history = distiller.fit(x, y, epochs=5, batch_size=16, verbose=0).history
+    assert history["kd"][-1] < history["kd"][0]
+    # The Distiller predicts with the student on its view.
+    assert_close(distiller.predict(x, verbose=0),
+                 to_np(distiller.student(x["coefficients"])), rtol=1e-5)
+    assert_close(teacher(x), to_np(teacher.teacher(x["pixels"])), rtol=1e-5)
+
+    path = str(tmp_path / "cross_modal.keras")
+    distiller.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert reloaded.teacher.student_input == "coefficients"
+    assert_close(reloaded.predict(x, verbose=0), distiller.predict(x, verbose=0),
+                 rtol=1e-5)
+
+
+def test_cross_modal_views_may_be_derived_by_callables():
+    x, _ = two_views(5)
+    teacher = CrossModal(
+        mlp(8, "pixel_teacher"),
+        teacher_input=lambda d: d["pixels"] * 2.0,
+        student_input=lambda d: d["coefficients"],
+    )
+    assert_close(teacher(x), to_np(teacher.teacher(x["pixels"] * 2.0)), rtol=1e-5)
+    np.testing.assert_array_equal(teacher.student_view(x), x["coefficients"])
+
+
+def test_cross_modal_bad_keys_are_explained():
+    x, _ = two_views(5)
+    teacher = CrossModal(mlp(8, "pixel_teacher"), "pixels", "fourier")
+    with pytest.raises(ValueError, match=r"keys \['pixels', 'coefficients'\]"):
+        teacher.student_view(x)
+    with pytest.raises(TypeError, match="dict key"):
+        CrossModal(mlp(8, "t"), 3, "coefficients")
