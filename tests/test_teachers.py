@@ -10,6 +10,8 @@ from keras_distill.losses import KD
 from keras_distill.losses import FitNet
 from keras_distill.teachers import CrossModal
 from keras_distill.teachers import MultiTeacher
+from keras_distill.teachers import Precomputed
+from keras_distill.teachers import precompute
 from tests.reference import assert_close
 from tests.reference import np_log_softmax
 from tests.reference import np_softmax
@@ -160,3 +162,63 @@ def test_cross_modal_bad_keys_are_explained():
         teacher.student_view(x)
     with pytest.raises(TypeError, match="dict key"):
         CrossModal(mlp(8, "t"), 3, "coefficients")
+
+
+# ---------------------------------------------------------------------------
+# precompute and Precomputed
+# ---------------------------------------------------------------------------
+
+
+def test_precompute_in_memory_on_disk_and_top_k(tmp_path):
+    x = batch(10)
+    teacher = mlp(8, "teacher")
+    expected = to_np(teacher(x))
+    outputs = precompute(teacher, x, batch_size=4)
+    np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-5, atol=1e-6)
+
+    on_disk = precompute(teacher, x, batch_size=3, path=str(tmp_path / "out"))
+    assert isinstance(on_disk["logits"], np.memmap)
+    np.testing.assert_allclose(on_disk["logits"], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileExistsError, match="exists"):
+        precompute(teacher, x, path=str(tmp_path / "out"))
+
+    top = precompute(teacher, x, top_k=2)
+    order = np.argsort(-expected, axis=-1)[:, :2]
+    np.testing.assert_array_equal(top["top_classes"], order)
+    np.testing.assert_allclose(
+        top["top_logits"], np.take_along_axis(expected, order, -1), rtol=1e-5
+    )
+
+
+def test_precomputed_teacher_gives_the_live_teachers_losses():
+    x, y = batch(32), np.random.default_rng(3).integers(0, 3, 32)
+    teacher = mlp(8, "teacher")
+    keras.utils.set_random_seed(0)
+    student = mlp(4, "student")
+
+    def evaluate(teacher_model, data):
+        distiller = keras_distill.Distiller(
+            teacher_model, keras.models.clone_model(student), KD(temperature=2.0)
+        )
+        distiller.student.set_weights(student.get_weights())
+        distiller.compile(loss=SCCE)
+        return distiller.evaluate(data, y, batch_size=8, verbose=0, return_dict=True)
+
+    live = evaluate(teacher, x)
+    stored = evaluate(Precomputed(), {"inputs": x, **precompute(teacher, x)})
+    np.testing.assert_allclose(stored["kd"], live["kd"], rtol=1e-5)
+    np.testing.assert_allclose(stored["loss"], live["loss"], rtol=1e-5)
+
+    # Top-k logits: the teacher's distribution renormalised over its k best
+    # classes (the others get probability 0).
+    top = Precomputed(num_classes=3)({"inputs": x, **precompute(teacher, x, top_k=2)})
+    logits = to_np(teacher(x))
+    kept = np.argsort(-logits, -1)[:, :2]
+    mask = np.zeros_like(logits, bool)
+    np.put_along_axis(mask, kept, True, -1)
+    expected = np.where(mask, np_softmax(np.where(mask, logits, -np.inf)), 0.0)
+    assert_close(np_softmax(to_np(top)), expected, rtol=1e-5, atol=1e-7)
+    # ... at any temperature.
+    assert np.all(np_softmax(to_np(top) / 4.0)[~mask] == 0.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        Precomputed()({"inputs": x, **precompute(teacher, x, top_k=2)})
