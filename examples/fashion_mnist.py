@@ -17,13 +17,12 @@ from results import print_table
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def load(train_size=None):
-    """Fashion-MNIST scaled to [0, 1], `(B, 28, 28, 1)`; the first
-    `train_size` training images (all when `None`) and the 10,000 test
-    images."""
+def load(train_size=None, test_size=None):
+    """Fashion-MNIST scaled to [0, 1], `(B, 28, 28, 1)`: the first
+    `train_size` training and `test_size` test images (all when `None`)."""
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
-    if train_size:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    x_train, y_train = x_train[:train_size], y_train[:train_size]
+    x_test, y_test = x_test[:test_size], y_test[:test_size]
 
     def scale(x):
         return (x[..., None] / 255.0).astype("float32")
@@ -122,14 +121,16 @@ def experiment(teacher_factory, student_factory, students, measure):
 
     Returns:
         `run(epochs=8, teacher_epochs=8, train_size=20000, seed=0,
-        verbose=0)`, which trains the teacher on the first `train_size`
-        training images (all when `None`), then each student, with the given
-        epochs and seed, and returns one row per model: its name, the test
-        measures, parameters and training seconds.
+        verbose=0, test_size=None)`, which trains the teacher on the first
+        `train_size` training images (all when `None`), then each student,
+        with the given epochs and seed, and returns one row per model: its
+        name, the measures on the first `test_size` test images (all when
+        `None`), parameters and training seconds.
     """
 
-    def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0):
-        data = load(train_size)
+    def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0,
+            test_size=None):
+        data = load(train_size, test_size)
         return train_all(
             teacher_factory, student_factory, students(), data, epochs,
             teacher_epochs, measure(*data[1]), seed=seed, verbose=verbose,
@@ -143,7 +144,8 @@ def main(description, run, title, measures=("accuracy",)):
 
     Args:
         description: the script's docstring.
-        run: `run(epochs, teacher_epochs, train_size, seed) -> rows`.
+        run: `run(epochs, teacher_epochs, train_size, seed, test_size)
+            -> rows`.
         title: the table's heading.
         measures: the measures `run`'s rows hold. Defaults to
             `("accuracy",)`.
@@ -154,14 +156,16 @@ def main(description, run, title, measures=("accuracy",)):
     parser.add_argument("--train-size", type=int, default=20000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2,000 training images and 1 epoch: a smoke run.")
+                        help="1 epoch on 512 training images, tested on "
+                        "1,000: a smoke run.")
     args = parser.parse_args()
     runs = [
         run(
             epochs=1 if args.quick else args.epochs,
             teacher_epochs=1 if args.quick else args.teacher_epochs,
-            train_size=2000 if args.quick else args.train_size,
+            train_size=512 if args.quick else args.train_size,
             seed=seed,
+            test_size=1000 if args.quick else None,
         )
         for seed in args.seeds
     ]

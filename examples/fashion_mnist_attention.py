@@ -89,4 +89,4 @@ run = experiment(teacher_model, student_model, students, accuracy)
 
 
 if __name__ == "__main__":
-    main(__doc__, run, "Fashion-MNIST test accuracy (10,000 images)")
+    main(__doc__, run, "Fashion-MNIST test accuracy")

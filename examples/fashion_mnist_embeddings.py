@@ -109,6 +109,6 @@ run = experiment(teacher_model, student_model, students, retrieval)
 if __name__ == "__main__":
     main(
         __doc__, run,
-        "Fashion-MNIST retrieval and accuracy (10,000 test images)",
+        "Fashion-MNIST test retrieval and accuracy",
         measures=("recall@1", "accuracy"),
     )
