@@ -247,7 +247,9 @@ class Distiller(keras.Model):
         The outputs of the layers the losses tap are kept for `compute_loss`
         of the same step, so the student runs once.
         """
-        if hasattr(self.teacher, "student_view"):  # a cross-modal teacher
+        # Teachers that read their own part of the data (CrossModal,
+        # Precomputed) say what the student sees of it.
+        if hasattr(self.teacher, "student_view"):
             inputs = self.teacher.student_view(inputs)
         outputs, features = self._student_taps(inputs, training=training)
         object.__setattr__(self, "_student_features", features)
