@@ -49,8 +49,9 @@ class CRD(RelationLoss):
     round (InfoNCE at `temperature`; the two terms are summed). The queues
     are first-in-first-out buffers of fixed size, so memory does not grow
     with the dataset, unlike the paper's memory bank of every sample; they
-    are filled by training steps only (not by `evaluate`) and saved with the
-    Distiller. The heads train with the student and are left out of the
+    are filled by training steps only (not by `evaluate`), with every sample
+    of the batch (sample weights weigh the loss, not the queues), and saved
+    with the Distiller. The heads train with the student and are left out of the
     exported student.
 
     Args:
