@@ -97,7 +97,9 @@ def test_tapped_scores_are_the_layers_attention_probabilities(causal, mask_zero)
     assert_close(outputs, to_np(model(ids)), rtol=1e-5, atol=1e-6)
 
 
-def test_a_block_holding_one_attention_layer_is_tapped_through_it():
+def test_a_nested_attention_layer_is_tapped_and_a_block_without_one_refused():
+    # (A block holding exactly one attention layer, keras-hub's
+    # TransformerEncoder, is tapped through it in tests/test_keras_hub.py.)
     inputs = keras.Input((4, 8))
     block = keras.Sequential(
         [keras.Input((4, 8)), keras.layers.Dense(8, name="pre")], name="block"
