@@ -3,10 +3,12 @@
 from keras_distill import callbacks
 from keras_distill import losses
 from keras_distill import teachers
+from keras_distill.born_again import born_again
 from keras_distill.distiller import Distiller
 from keras_distill.losses import DistillationLoss
 from keras_distill.losses import FeatureDistillation
 from keras_distill.losses import LogitsDistillation
+from keras_distill.mutual_learning import MutualLearning
 
 __version__ = "0.1.0"
 
@@ -15,6 +17,8 @@ __all__ = [
     "Distiller",
     "FeatureDistillation",
     "LogitsDistillation",
+    "MutualLearning",
+    "born_again",
     "callbacks",
     "losses",
     "teachers",

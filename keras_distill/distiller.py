@@ -10,6 +10,8 @@ from keras import ops
 from keras_distill._keras_internals import get_keras_mask
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import combined_weights
+from keras_distill.student_copies import FollowStudent
+from keras_distill.student_copies import StudentCopy
 from keras_distill.taps import LayerTaps
 
 
@@ -33,7 +35,10 @@ class Distiller(keras.Model):
 
     On every step the teacher runs once, with `training=False`, under
     `stop_gradient`; its weights never change, and the teacher object is not
-    modified (its `trainable` flag is left as it was). The student runs once;
+    modified (its `trainable` flag is left as it was). The exception is a
+    self-distillation teacher (`keras_distill.teachers.MovingAverage`,
+    `Snapshot`): a copy of the student that training updates from the
+    student, never by gradient. The student runs once;
     `call` and `predict` return its outputs. `sample_weight`, `class_weight`
     and padding masks apply to the student loss and to every distillation
     loss. The weights and temperatures are non-trainable variables, so the
@@ -92,16 +97,18 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        _check_model(teacher, "teacher")
-        _check_model(student, "student")
+        check_model(teacher, "teacher")
+        check_model(student, "student")
         if teacher is student:
             raise ValueError(
                 "The teacher and the student are the same model object. The "
                 "teacher must be a separate model (for example a trained "
                 "copy: keras.models.clone_model plus set_weights)."
             )
+        if isinstance(teacher, StudentCopy):
+            teacher.check_student(student)
         losses = _loss_list(distillation_losses)
-        _check_weight(student_loss_weight, "student_loss_weight")
+        check_weight(student_loss_weight, "student_loss_weight")
         weights = _loss_weights(
             distillation_loss_weights, len(losses), student_loss_weight
         )
@@ -146,7 +153,7 @@ class Distiller(keras.Model):
         # Top-1 agreement is measured on the outputs of the first loss that
         # compares the models' class predictions.
         self._agreement_index = next(
-            (i for i, loss in enumerate(losses) if _compares_outputs(loss)), None
+            (i for i, loss in enumerate(losses) if compares_outputs(loss)), None
         )
         self.agreement_tracker = (
             None
@@ -171,7 +178,7 @@ class Distiller(keras.Model):
         if teacher_out is None or student_out is None:
             return  # subclassed models: checked when the step is traced
         for loss in self.distillation_losses:
-            if _compares_outputs(loss):
+            if compares_outputs(loss):
                 loss.validate_outputs(*loss.prediction_pair(teacher_out, student_out))
 
     # -- The teacher's variables are never trained ---------------------------
@@ -276,6 +283,8 @@ class Distiller(keras.Model):
         regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
 
         teacher_outputs, teacher_features = self._run_teacher(x)
+        if training and isinstance(self.teacher, StudentCopy):
+            self.teacher.follow_step(self.student)  # e.g. a moving average
         distillation_loss = ops.zeros((), "float32")
         for loss, weight, tracker in zip(
             self.distillation_losses,
@@ -353,9 +362,12 @@ class Distiller(keras.Model):
         The training step sets a flag when the teacher's outputs hold NaN or
         infinity; it is read after the first batch and at the end of each
         epoch, and `fit` stops with a `ValueError` saying so instead of
-        training the student on garbage.
+        training the student on garbage. With a `Snapshot` teacher, the
+        teacher takes the student's weights at the start of its epochs.
         """
         callbacks = [*(callbacks or []), _TeacherOutputCheck()]
+        if isinstance(self.teacher, StudentCopy):
+            callbacks.append(FollowStudent())
         return super().fit(
             x, y, batch_size, epochs, verbose, callbacks, **kwargs
         )
@@ -446,7 +458,7 @@ class _TeacherOutputCheck(keras.callbacks.Callback):
             )
 
 
-def _check_model(model, role):
+def check_model(model, role):
     if not isinstance(model, keras.Model):
         raise TypeError(
             f"The {role} must be a keras.Model; received an object of type "
@@ -496,7 +508,7 @@ def _loss_list(distillation_losses):
     return losses
 
 
-def _check_weight(value, what):
+def check_weight(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a number; received {value!r}.")
     if not math.isfinite(value) or value < 0:
@@ -521,11 +533,11 @@ def _loss_weights(weights, count, student_loss_weight):
             "distillation_losses; give one weight per loss, in the same order."
         )
     for i, weight in enumerate(weights):
-        _check_weight(weight, f"distillation_loss_weights[{i}]")
+        check_weight(weight, f"distillation_loss_weights[{i}]")
     return weights
 
 
-def _compares_outputs(loss):
+def compares_outputs(loss):
     """Whether `loss` compares class predictions on the models' outputs."""
     return loss.compares_predictions and not (
         loss.teacher_layers() or loss.student_layers()

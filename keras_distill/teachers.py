@@ -1,4 +1,8 @@
-"""Teacher wrappers: several teachers seen by the Distiller as one."""
+"""Teacher wrappers: ensembles, other modalities, stored outputs, self-copies.
+
+`MovingAverage` and `Snapshot` live in `keras_distill.student_copies` and
+are exported here with the other teachers.
+"""
 
 import os
 
@@ -6,9 +10,19 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_distill.student_copies import MovingAverage
+from keras_distill.student_copies import Snapshot
 from keras_distill.taps import symbolic_inputs
 
-__all__ = ["CrossModal", "MultiTeacher", "Precomputed", "precompute"]
+__all__ = [
+    "CrossModal",
+    "MovingAverage",
+    "MultiTeacher",
+    "Precomputed",
+    "Snapshot",
+    "load_precomputed",
+    "precompute",
+]
 
 COMBINE = ("mean_logits", "mean_probabilities", "confidence")
 

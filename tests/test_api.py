@@ -3,12 +3,18 @@
 import keras_distill
 from keras_distill import callbacks
 from keras_distill import losses
+from keras_distill import teachers
 
 
 def test_public_names():
     assert sorted(keras_distill.__all__) == [
         "DistillationLoss", "Distiller", "FeatureDistillation",
-        "LogitsDistillation", "callbacks", "losses", "teachers",
+        "LogitsDistillation", "MutualLearning", "born_again", "callbacks",
+        "losses", "teachers",
+    ]
+    assert sorted(teachers.__all__) == [
+        "CrossModal", "MovingAverage", "MultiTeacher", "Precomputed",
+        "Snapshot", "load_precomputed", "precompute",
     ]
     assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
     assert losses.CLASSES == [
@@ -17,7 +23,7 @@ def test_public_names():
         "KD", "LayerPairLoss", "LogitsDistillation", "PKT", "RKD",
         "RelationLoss", "SimilarityPreserving", "TransformerAttention",
     ]
-    for module in (keras_distill, callbacks, losses):
+    for module in (keras_distill, callbacks, losses, teachers):
         missing = set(module.__all__) - set(dir(module))
         assert not missing, (module.__name__, missing)
 

@@ -85,11 +85,13 @@ class _VariableScheduler(keras.callbacks.Callback):
 
 def _distiller(model, callback):
     from keras_distill.distiller import Distiller
+    from keras_distill.mutual_learning import MutualLearning
 
-    if not isinstance(model, Distiller):
+    if not isinstance(model, (Distiller, MutualLearning)):
         raise TypeError(
-            f"{type(callback).__name__} schedules a keras_distill.Distiller; "
-            f"it was given to the fit of {type(model).__name__}."
+            f"{type(callback).__name__} schedules a keras_distill.Distiller "
+            "or MutualLearning; it was given to the fit of "
+            f"{type(model).__name__}."
         )
     return model
 
