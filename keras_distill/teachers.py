@@ -4,6 +4,7 @@
 are exported here with the other teachers.
 """
 
+import math
 import os
 
 import keras
@@ -46,12 +47,23 @@ class MultiTeacher(keras.Model):
     Teachers may differ in architecture; they must agree on the number of
     classes. Like every teacher, they run once per step, in inference mode.
 
+    Hinton et al.'s generalists and specialists: a specialist is trained on
+    a subset of confusable classes plus one "dustbin" class for all the
+    others. Name it in `specialists` with its classes; its outputs are then
+    the logits of those classes in that order, followed by the dustbin's.
+    Before combining, its distribution is spread over every class: its own
+    probabilities on its classes, and its dustbin probability shared among
+    the other classes in proportion to the generalists' (the teachers not
+    in `specialists`, their probabilities averaged with their weights).
+
     Args:
         teachers: a list of built Keras models with distinct names.
         weights: one non-negative weight per teacher, or `None` for equal
             weights. Defaults to `None`.
         combine: one of `"mean_logits"`, `"mean_probabilities"` and
             `"confidence"`. Defaults to `"mean_logits"`.
+        specialists: a dict `{teacher name: [class indices]}` of the
+            teachers that are specialists. Defaults to `None`: none.
         name: the model's name. Defaults to `"multi_teacher"`.
 
     Example:
@@ -59,6 +71,13 @@ class MultiTeacher(keras.Model):
     ```python
     ensemble = keras_distill.teachers.MultiTeacher([cnn, mlp, resnet])
     distiller = keras_distill.Distiller(ensemble, student, KD(4.0))
+
+    # A generalist over 10 classes and a specialist in shirts (6), T-shirts
+    # (0) and pullovers (2), whose fourth output is its dustbin class.
+    teacher = keras_distill.teachers.MultiTeacher(
+        [generalist, shirts], combine="mean_probabilities",
+        specialists={"shirts": [6, 0, 2]},
+    )
     ```
 
     Reference:
@@ -68,8 +87,8 @@ class MultiTeacher(keras.Model):
     """
 
     def __init__(
-        self, teachers, weights=None, combine="mean_logits", name="multi_teacher",
-        **kwargs,
+        self, teachers, weights=None, combine="mean_logits", specialists=None,
+        name="multi_teacher", **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         teachers = list(teachers)
@@ -84,15 +103,18 @@ class MultiTeacher(keras.Model):
                 f"MultiTeacher's teachers need distinct names (their layers are "
                 f"reached as '<teacher name>/<layer>'); received {names}."
             )
+        specialists = _check_specialists(specialists or {}, teachers)
         classes = {
             t.name: t.outputs[0].shape[-1]
             for t in teachers
-            if getattr(t, "outputs", None)
+            if getattr(t, "outputs", None) and t.name not in specialists
         }
         if len(set(classes.values())) > 1:
             raise ValueError(
                 "MultiTeacher combines its teachers' logits class by class, so "
                 f"they must have the same number of classes; received {classes}."
+                " A teacher of a subset of the classes is a specialist: name "
+                "it in `specialists`."
             )
         if combine not in COMBINE:
             raise ValueError(
@@ -104,20 +126,42 @@ class MultiTeacher(keras.Model):
                 f"MultiTeacher needs one weight >= 0 per teacher ({len(teachers)}), "
                 f"not all zero; received {weights}."
             )
+        num_classes = next(iter(classes.values()), None)
+        for name, subset in specialists.items():
+            if num_classes is not None and (
+                max(subset) >= num_classes or len(subset) >= num_classes
+            ):
+                raise ValueError(
+                    f"MultiTeacher: specialist {name!r} must cover a proper "
+                    f"subset of the {num_classes} classes; received {subset}."
+                )
+        if specialists and not sum(
+            w for t, w in zip(teachers, weights) if t.name not in specialists
+        ):
+            raise ValueError(
+                "MultiTeacher: the generalists' weights are all 0, so there is "
+                "nothing to share out the specialists' dustbin classes with."
+            )
         self.teachers = teachers
         self.teacher_weights = [w / sum(weights) for w in weights]
         self.combine = combine
-        inputs = symbolic_inputs(teachers[0])
+        self.specialists = specialists
+        generalist = next(t for t in teachers if t.name not in specialists)
+        inputs = symbolic_inputs(generalist)
         if inputs is not None:  # built like the teachers, for the taps
             self.build(keras.tree.map_structure(lambda x: x.shape, inputs))
 
     def call(self, inputs, training=False):
-        logits = ops.stack(
-            [ops.cast(t(inputs, training=training), "float32") for t in self.teachers]
-        )  # (teachers, B, classes)
+        outputs = {
+            t.name: ops.cast(t(inputs, training=training), "float32")
+            for t in self.teachers
+        }
+        if self.specialists:
+            outputs = self._spread_specialists(outputs)
+        logits = ops.stack([outputs[t.name] for t in self.teachers])
         weights = ops.reshape(
             ops.convert_to_tensor(self.teacher_weights, "float32"), (-1, 1, 1)
-        )
+        )  # logits: (teachers, B, classes)
         if self.combine == "mean_logits":
             return ops.sum(weights * logits, axis=0)
         log_probabilities = ops.log_softmax(logits, axis=-1)
@@ -128,12 +172,49 @@ class MultiTeacher(keras.Model):
         confidence = confidence / ops.sum(confidence, axis=0, keepdims=True)
         return ops.sum(confidence * logits, axis=0)
 
+    def _spread_specialists(self, outputs):
+        """Each specialist's log-probabilities over every class."""
+        generalists = [
+            (outputs[t.name], w)
+            for t, w in zip(self.teachers, self.teacher_weights)
+            if t.name not in self.specialists
+        ]
+        total = sum(w for _, w in generalists)
+        log_generalist = ops.logsumexp(
+            ops.stack(
+                [ops.log_softmax(l, -1) + math.log(w / total) for l, w in generalists
+                 if w > 0]
+            ),
+            axis=0,
+        )  # (B, C): the generalists' mixture
+        num_classes = log_generalist.shape[-1]
+        spread = dict(outputs)
+        for name, classes in self.specialists.items():
+            own = ops.log_softmax(outputs[name], -1)  # (B, k + 1)
+            others = [c for c in range(num_classes) if c not in classes]
+            # Class c of the specialist's subset is its output classes.index(c).
+            index = [classes.index(c) if c in classes else len(classes)
+                     for c in range(num_classes)]
+            in_subset = ops.convert_to_tensor(
+                [c in classes for c in range(num_classes)], "bool"
+            )
+            dustbin_share = log_generalist - ops.logsumexp(
+                ops.take(log_generalist, others, axis=-1), axis=-1, keepdims=True
+            )
+            spread[name] = ops.where(
+                in_subset,
+                ops.take(own, index, axis=-1),
+                ops.take(own, index, axis=-1) + dustbin_share,
+            )
+        return spread
+
     def get_config(self):
         return {
             "name": self.name,
             "teachers": [keras.saving.serialize_keras_object(t) for t in self.teachers],
             "weights": self.teacher_weights,
             "combine": self.combine,
+            "specialists": self.specialists,
         }
 
     @classmethod
@@ -143,6 +224,40 @@ class MultiTeacher(keras.Model):
             keras.saving.deserialize_keras_object(t) for t in config["teachers"]
         ]
         return cls(**config)
+
+
+def _check_specialists(specialists, teachers):
+    """`specialists` as `{name: [int, ...]}`, checked against the teachers."""
+    by_name = {t.name: t for t in teachers}
+    unknown = [name for name in specialists if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"MultiTeacher: specialists {unknown} are not among the teachers "
+            f"{list(by_name)}."
+        )
+    if len(specialists) == len(teachers):
+        raise ValueError(
+            "MultiTeacher: every teacher is a specialist; at least one "
+            "generalist (a teacher of all classes) must remain, to share out "
+            "the specialists' dustbin classes."
+        )
+    checked = {}
+    for name, classes in specialists.items():
+        classes = [int(c) for c in classes]
+        if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+            raise ValueError(
+                f"MultiTeacher: specialist {name!r} needs distinct, "
+                f"non-negative class indices; received {classes}."
+            )
+        outputs = getattr(by_name[name], "outputs", None)
+        if outputs and outputs[0].shape[-1] != len(classes) + 1:
+            raise ValueError(
+                f"MultiTeacher: specialist {name!r} covers {len(classes)} "
+                f"classes, so it needs {len(classes) + 1} outputs (its classes, "
+                f"then the dustbin); it has {outputs[0].shape[-1]}."
+            )
+        checked[name] = classes
+    return checked
 
 
 def _view(selector, inputs, role):

@@ -222,3 +222,82 @@ def test_precomputed_teacher_gives_the_live_teachers_losses():
     assert np.all(np_softmax(to_np(top) / 4.0)[~mask] == 0.0)
     with pytest.raises(ValueError, match="num_classes"):
         Precomputed()({"inputs": x, **precompute(teacher, x, top_k=2)})
+
+
+def specialist_ensemble(combine):
+    keras.utils.set_random_seed(0)
+    generalists = [mlp(8, "general_a"), mlp(5, "general_b")]
+    specialist = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(3, name="logits")], name="special"
+    )  # classes 2 and 0 of three... plus its dustbin
+    teachers = [*generalists, specialist]
+    return MultiTeacher(
+        teachers, weights=[1.0, 3.0, 2.0], combine=combine,
+        specialists={"special": [2, 0]},
+    ), teachers
+
+
+def test_specialists_dustbin_is_shared_out_in_proportion_to_the_generalists():
+    x = batch()
+    model, teachers = specialist_ensemble("mean_probabilities")
+    general = [np_softmax(to_np(t(x))) for t in teachers[:2]]
+    own = np_softmax(to_np(teachers[2](x)))  # (B, 3): class 2, class 0, dustbin
+    mixture = 0.25 * general[0] + 0.75 * general[1]
+    spread = np.stack(
+        [own[:, 1], own[:, 2] * np.ones(len(x)), own[:, 0]], axis=-1
+    )  # class 1 is the only class outside the subset: it takes the dustbin
+    assert_close(spread.sum(-1), np.ones(len(x)))
+    expected = (1 / 6) * general[0] + (3 / 6) * general[1] + (2 / 6) * spread
+    assert_close(np_softmax(to_np(model(x))), expected, rtol=1e-5)
+
+
+def test_a_specialists_dustbin_follows_the_generalists_ratios():
+    """With four classes and a specialist on {0}, classes 1-3 share its
+    dustbin in the generalists' proportions."""
+    keras.utils.set_random_seed(1)
+    general = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4)], name="general"
+    )
+    special = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(2)], name="special"
+    )
+    model = MultiTeacher([general, special], weights=[0.0 + 1e-9, 1.0],
+                         combine="mean_probabilities", specialists={"special": [0]})
+    x = batch()
+    g = np_softmax(to_np(general(x)))
+    s = np_softmax(to_np(special(x)))
+    rest = g[:, 1:] / g[:, 1:].sum(-1, keepdims=True)
+    expected = np.concatenate([s[:, :1], s[:, 1:] * rest], axis=-1)
+    assert_close(np_softmax(to_np(model(x))), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_specialist_ensemble_distils_and_saves(tmp_path):
+    x, y = batch(32), np.random.default_rng(1).integers(0, 3, 32)
+    model, _ = specialist_ensemble("mean_logits")
+    distiller = keras_distill.Distiller(model, mlp(8, "student"), KD(2.0))
+    distiller.compile(optimizer="adam", loss=SCCE)
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "specialists.keras")
+    distiller.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.teacher.specialists == {"special": [2, 0]}
+    assert_close(loaded.teacher(x), to_np(model(x)), rtol=1e-5)
+
+
+def test_bad_specialists_are_refused():
+    general, special = mlp(8, "general"), keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(2)], name="special"
+    )
+    with pytest.raises(ValueError, match="not among the teachers"):
+        MultiTeacher([general, special], specialists={"expert": [0]})
+    with pytest.raises(ValueError, match="needs 3 outputs"):
+        MultiTeacher([general, special], specialists={"special": [0, 1]})
+    with pytest.raises(ValueError, match="every teacher is a specialist"):
+        MultiTeacher([special], specialists={"special": [0]})
+    with pytest.raises(ValueError, match="proper subset"):
+        MultiTeacher([general, special], specialists={"special": [3]})
+    with pytest.raises(ValueError, match="same number of classes.*specialist"):
+        MultiTeacher([general, special])
+    with pytest.raises(ValueError, match="weights are all 0"):
+        MultiTeacher([general, special], weights=[0, 1],
+                     specialists={"special": [1]})
