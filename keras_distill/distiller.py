@@ -365,12 +365,23 @@ class Distiller(keras.Model):
         training the student on garbage. With a `Snapshot` teacher, the
         teacher takes the student's weights at the start of its epochs.
         """
+        self._check_data(x)
         callbacks = [*(callbacks or []), _TeacherOutputCheck()]
         if isinstance(self.teacher, StudentCopy):
             callbacks.append(FollowStudent())
         return super().fit(
             x, y, batch_size, epochs, verbose, callbacks, **kwargs
         )
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, with the data checks of `fit`."""
+        self._check_data(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_data(self, x):
+        """Lets a teacher that reads the data (Precomputed) check it first."""
+        if hasattr(self.teacher, "check_data") and _in_memory(x):
+            self.teacher.check_data(x)
 
     # -- Saving --------------------------------------------------------------
 
@@ -541,6 +552,13 @@ def compares_outputs(loss):
     """Whether `loss` compares class predictions on the models' outputs."""
     return loss.compares_predictions and not (
         loss.teacher_layers() or loss.student_layers()
+    )
+
+
+def _in_memory(x):
+    """Whether `x` is arrays (or a dict of them), not a dataset or generator."""
+    return all(hasattr(a, "shape") for a in keras.tree.flatten(x)) and (
+        x is not None
     )
 
 

@@ -473,6 +473,46 @@ class Precomputed(keras.Model):
         """The student's inputs, under `inputs_key`."""
         return inputs[self.inputs_key]
 
+    def check_data(self, x):
+        """Raises a clear error when arrays `x` do not pair inputs and outputs.
+
+        Called by `Distiller.fit` and `evaluate` on in-memory data (dicts of
+        arrays); datasets and generators are not inspected.
+
+        Args:
+            x: the data given to `fit`.
+
+        Raises:
+            ValueError: when `inputs_key` or the outputs are missing, or the
+                outputs hold another number of samples than the inputs.
+        """
+        if not isinstance(x, dict):
+            raise ValueError(
+                "A Precomputed teacher reads its outputs from the data: pass "
+                f"x as a dict {{{self.inputs_key!r}: inputs, "
+                "**precompute(teacher, inputs)}}; received "
+                f"{type(x).__name__}."
+            )
+        outputs = [k for k in ("logits", "top_logits", "top_classes") if k in x]
+        if self.inputs_key not in x or not outputs:
+            raise ValueError(
+                f"A Precomputed teacher needs the inputs under "
+                f"{self.inputs_key!r} and the outputs of precompute() in the "
+                f"data; received keys {list(x)}."
+            )
+
+        def count(value):
+            return len(keras.tree.flatten(value)[0])
+
+        counts = {key: count(x[key]) for key in [self.inputs_key, *outputs]}
+        if len(set(counts.values())) > 1:
+            raise ValueError(
+                "The precomputed teacher outputs do not match the inputs, "
+                f"sample for sample: their counts are {counts}. Compute them "
+                "with precompute(teacher, inputs) on these same inputs, in "
+                "the same order."
+            )
+
     def get_config(self):
         return {"name": self.name, "num_classes": self.num_classes,
                 "inputs_key": self.inputs_key}

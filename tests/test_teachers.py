@@ -224,6 +224,21 @@ def test_precomputed_teacher_gives_the_live_teachers_losses():
         Precomputed()({"inputs": x, **precompute(teacher, x, top_k=2)})
 
 
+
+def test_precomputed_outputs_that_do_not_match_the_data_are_refused():
+    x, y = batch(12), np.arange(12) % 3
+    outputs = precompute(mlp(8, "teacher"), x[:10])
+    distiller = keras_distill.Distiller(Precomputed(), mlp(4, "student"), KD())
+    distiller.compile(loss=SCCE)
+    with pytest.raises(ValueError, match=r"counts are \{'inputs': 12, 'logits': 10\}"):
+        distiller.fit({"inputs": x, **outputs}, y, verbose=0)
+    with pytest.raises(ValueError, match=r"counts are"):
+        distiller.evaluate({"inputs": x, **outputs}, y, verbose=0)
+    with pytest.raises(ValueError, match="received keys \\['features', 'logits'\\]"):
+        distiller.fit({"features": x[:10], **outputs}, y[:10], verbose=0)
+    with pytest.raises(ValueError, match="pass x as a dict"):
+        distiller.fit(x, y, verbose=0)
+
 def specialist_ensemble(combine):
     keras.utils.set_random_seed(0)
     generalists = [mlp(8, "general_a"), mlp(5, "general_b")]
