@@ -244,7 +244,7 @@ def specialist_ensemble(combine):
     generalists = [mlp(8, "general_a"), mlp(5, "general_b")]
     specialist = keras.Sequential(
         [keras.Input((6,)), keras.layers.Dense(3, name="logits")], name="special"
-    )  # classes 2 and 0 of three... plus its dustbin
+    )  # outputs: class 2, class 0, then its dustbin
     teachers = [*generalists, specialist]
     return MultiTeacher(
         teachers, weights=[1.0, 3.0, 2.0], combine=combine,
@@ -257,7 +257,6 @@ def test_specialists_dustbin_is_shared_out_in_proportion_to_the_generalists():
     model, teachers = specialist_ensemble("mean_probabilities")
     general = [np_softmax(to_np(t(x))) for t in teachers[:2]]
     own = np_softmax(to_np(teachers[2](x)))  # (B, 3): class 2, class 0, dustbin
-    mixture = 0.25 * general[0] + 0.75 * general[1]
     spread = np.stack(
         [own[:, 1], own[:, 2] * np.ones(len(x)), own[:, 0]], axis=-1
     )  # class 1 is the only class outside the subset: it takes the dustbin
