@@ -38,9 +38,7 @@ smoke run). The data is fetched as `examples/datasets.py` describes.
 """
 
 import argparse
-import collections
 import os
-import re
 import sys
 import time
 
@@ -55,28 +53,25 @@ from datasets import load_fine_foods  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 from keras_distill.losses import HiddenCosine  # noqa: E402
 from keras_distill.losses import TransformerAttention  # noqa: E402
+import text  # noqa: E402
 from results import print_table  # noqa: E402
+from text import PAD  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-PAD, UNKNOWN, CLS = 0, 1, 2
+CLS = 2  # after text.PAD and text.UNKNOWN
 TEACHER_DEPTH, STUDENT_DEPTH = 4, 2
-
-
-def words(text):
-    return re.findall(r"[a-z0-9']+|[!?]", text.lower().replace("<br />", " "))
 
 
 def vocabulary(texts, size):
     """The `size - 3` most frequent words, numbered after PAD, UNKNOWN, CLS."""
-    counts = collections.Counter(w for text in texts for w in words(text))
-    return {w: i + 3 for i, (w, _) in enumerate(counts.most_common(size - 3))}
+    return text.vocabulary(texts, size, first_id=CLS + 1)
 
 
 def encode(texts, vocab, length):
     """keras-hub BERT inputs: `[CLS]` and the first words, padded."""
     ids = np.full((len(texts), length), PAD, "int32")
-    for row, text in enumerate(texts):
-        tokens = [CLS] + [vocab.get(w, UNKNOWN) for w in words(text)][: length - 1]
+    for row, review in enumerate(texts):
+        tokens = [CLS] + text.word_ids(review, vocab)[: length - 1]
         ids[row, : len(tokens)] = tokens
     return {
         "token_ids": ids,
