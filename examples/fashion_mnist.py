@@ -139,33 +139,39 @@ def experiment(teacher_factory, student_factory, students, measure):
     return run
 
 
-def main(description, run, title, measures=("accuracy",)):
+def main(description, run, title, measures=("accuracy",), teacher=True):
     """The tutorials' command line: runs `run` per seed, prints the table.
 
     Args:
         description: the script's docstring.
-        run: `run(epochs, teacher_epochs, train_size, seed, test_size)
+        run: `run(epochs, train_size, seed, test_size, [teacher_epochs])
             -> rows`.
         title: the table's heading.
         measures: the measures `run`'s rows hold. Defaults to
             `("accuracy",)`.
+        teacher: whether `run` trains a teacher, and takes
+            `teacher_epochs`. Defaults to `True`.
     """
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--teacher-epochs", type=int, default=8)
+    if teacher:
+        parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=20000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true",
                         help="1 epoch on 512 training images, tested on "
                         "1,000: a smoke run.")
     args = parser.parse_args()
+    kwargs = {}
+    if teacher:
+        kwargs["teacher_epochs"] = 1 if args.quick else args.teacher_epochs
     runs = [
         run(
             epochs=1 if args.quick else args.epochs,
-            teacher_epochs=1 if args.quick else args.teacher_epochs,
             train_size=512 if args.quick else args.train_size,
             seed=seed,
             test_size=1000 if args.quick else None,
+            **kwargs,
         )
         for seed in args.seeds
     ]

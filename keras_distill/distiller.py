@@ -119,14 +119,14 @@ class Distiller(keras.Model):
         # variable lists, read on every step, filter them out by identity.
         self._teacher_variable_ids = frozenset(id(v) for v in teacher.variables)
         self.distillation_losses = losses
-        self.student_loss_weight = self._weight_variable(
-            "student_loss_weight", student_loss_weight
+        self.student_loss_weight = weight_variable(
+            self, "student_loss_weight", student_loss_weight
         )
         self.distillation_loss_weights = [
-            self._weight_variable(f"{loss.name}_weight", weight)
+            weight_variable(self, f"{loss.name}_weight", weight)
             for loss, weight in zip(losses, weights)
         ]
-        self._teacher_nonfinite = self._weight_variable("teacher_nonfinite", 0.0)
+        self._teacher_nonfinite = weight_variable(self, "teacher_nonfinite", 0.0)
 
         for loss in losses:
             loss.validate_model_compatibility(teacher, student)
@@ -161,15 +161,6 @@ class Distiller(keras.Model):
             else keras.metrics.Mean(name="teacher_agreement")
         )
         self.built = True
-
-    def _weight_variable(self, name, value):
-        return self.add_weight(
-            name=name,
-            shape=(),
-            initializer=keras.initializers.Constant(float(value)),
-            trainable=False,
-            dtype="float32",
-        )
 
     def _check_symbolic_outputs(self):
         """Runs each loss's output checks on symbolic outputs, when known."""
@@ -517,6 +508,17 @@ def _loss_list(distillation_losses):
             "KD(name='kd_logits')."
         )
     return losses
+
+
+def weight_variable(model, name, value):
+    """A non-trainable float32 scalar of `model`, for callbacks to schedule."""
+    return model.add_weight(
+        name=name,
+        shape=(),
+        initializer=keras.initializers.Constant(float(value)),
+        trainable=False,
+        dtype="float32",
+    )
 
 
 def check_weight(value, what):

@@ -6,6 +6,7 @@ from keras import ops
 from keras_distill.distiller import check_model
 from keras_distill.distiller import check_weight
 from keras_distill.distiller import compares_outputs
+from keras_distill.distiller import weight_variable
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.response import KD
 
@@ -111,25 +112,16 @@ class MutualLearning(keras.Model):
         self.peers = models
         self.peer_names = names
         self.distillation_losses = [loss]
-        self.student_loss_weight = self._weight_variable(
-            "student_loss_weight", student_loss_weight
+        self.student_loss_weight = weight_variable(
+            self, "student_loss_weight", student_loss_weight
         )
         self.distillation_loss_weights = [
-            self._weight_variable(f"{loss.name}_weight", distillation_loss_weight)
+            weight_variable(self, f"{loss.name}_weight", distillation_loss_weight)
         ]
         self.loss_trackers = [
             keras.metrics.Mean(name=f"{peer}_{loss.name}") for peer in names
         ]
         self.built = True
-
-    def _weight_variable(self, name, value):
-        return self.add_weight(
-            name=name,
-            shape=(),
-            initializer=keras.initializers.Constant(float(value)),
-            trainable=False,
-            dtype="float32",
-        )
 
     def call(self, inputs, training=None):
         """Runs every peer; returns `{peer name: outputs}`."""
