@@ -120,7 +120,8 @@ def test_fine_foods_encoding_and_distilbert_initialisation():
     "script, row",
     [("fashion_mnist_attention.py", "student + KD + AT + FitNet"),
      ("fashion_mnist_embeddings.py", "student + CRD"),
-     ("fine_foods_bert.py", "student + TinyBERT losses")],
+     ("fine_foods_bert.py", "student + TinyBERT losses"),
+     ("fashion_mnist_self.py", "born-again ensemble of generations 0-2")],
 )
 def test_tutorial_quick_mode_prints_its_table(script, row):
     result = subprocess.run(
