@@ -19,16 +19,16 @@ $(VENV)/.installed: pyproject.toml ci/requirements.txt ci/requirements-no-deps.t
 quickstart: venv
 	KERAS_BACKEND=jax $(PY) examples/quickstart.py
 
-# The whole suite, once per backend.
+# The whole suite, once per backend, on two worker processes.
 test: venv
 	@for backend in $(BACKENDS); do \
 		echo "== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider || exit 1; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n 2 -p no:cacheprovider || exit 1; \
 	done
 
 # Real data and long runs (MNIST), with a small budget.
 test-slow: venv
 	@for backend in $(BACKENDS); do \
 		echo "== KERAS_BACKEND=$$backend (slow)"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest -q -p no:cacheprovider -m slow || exit 1; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n 2 -p no:cacheprovider -m slow || exit 1; \
 	done
