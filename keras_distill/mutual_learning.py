@@ -138,7 +138,8 @@ class MutualLearning(keras.Model):
             loss: each peer's loss on the labels; or a dict
                 `{peer name: loss}` to give peers different losses.
             metrics: metrics computed for each peer; or a dict per peer.
-            **kwargs: other `keras.Model.compile` arguments.
+            **kwargs: other `keras.Model.compile` arguments;
+                `weighted_metrics` apply to each peer like `metrics`.
         """
         if loss is None and float(self.student_loss_weight.numpy()) > 0:
             raise ValueError(
@@ -146,6 +147,10 @@ class MutualLearning(keras.Model):
                 f" is {float(self.student_loss_weight.numpy())}. Pass the loss "
                 "on the labels, e.g. compile(loss=keras.losses."
                 "SparseCategoricalCrossentropy(from_logits=True))."
+            )
+        if "weighted_metrics" in kwargs:
+            kwargs["weighted_metrics"] = self._per_peer_objects(
+                kwargs["weighted_metrics"]
             )
         super().compile(
             optimizer=optimizer,

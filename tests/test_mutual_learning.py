@@ -107,6 +107,19 @@ def test_fit_logs_every_peer_and_training_lowers_their_losses():
     assert predictions["peer_0"].shape == (5, 3)
 
 
+def test_weighted_metrics_apply_to_each_peer_with_the_sample_weights():
+    x, y = classification_data(32)
+    weights = (np.arange(32) % 2).astype("float32")
+    models = peers(2)
+    model = keras_distill.MutualLearning(models)
+    model.compile(loss=SCCE, weighted_metrics=["accuracy"])
+    logs = model.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)
+    for peer in models:
+        kept = weights > 0
+        expected = np.mean(to_np(peer(x[kept])).argmax(-1) == y[kept])
+        assert logs[f"{peer.name}_accuracy"] == pytest.approx(expected)
+
+
 def test_a_zero_weighted_distillation_term_leaves_independent_training():
     x, y = classification_data(32)
     a, b = mlp(6, name="a"), mlp(5, name="b")
