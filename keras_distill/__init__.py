@@ -9,6 +9,7 @@ from keras_distill.losses import DistillationLoss
 from keras_distill.losses import FeatureDistillation
 from keras_distill.losses import LogitsDistillation
 from keras_distill.mutual_learning import MutualLearning
+from keras_distill.reporting import report
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,6 @@ __all__ = [
     "born_again",
     "callbacks",
     "losses",
+    "report",
     "teachers",
 ]

@@ -10,7 +10,7 @@ def test_public_names():
     assert sorted(keras_distill.__all__) == [
         "DistillationLoss", "Distiller", "FeatureDistillation",
         "LogitsDistillation", "MutualLearning", "born_again", "callbacks",
-        "losses", "teachers",
+        "losses", "report", "teachers",
     ]
     assert sorted(teachers.__all__) == [
         "CrossModal", "MovingAverage", "MultiTeacher", "Precomputed",
