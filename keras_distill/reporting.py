@@ -177,7 +177,13 @@ def _plot_models(pyplot, rows, filename):
             axis.scatter(row[key], row["accuracy"])
             axis.annotate(row["model"], (row[key], row["accuracy"]),
                           textcoords="offset points", xytext=(4, 4), fontsize=8)
-        axis.set_xscale("log")
+        values = [row[key] for row in rows]
+        if min(values) > 0 and max(values) > 10 * min(values):
+            axis.set_xscale("log")  # sizes spanning decades
+            axis.xaxis.set_minor_formatter(pyplot.NullFormatter())
+        else:
+            axis.xaxis.set_major_locator(pyplot.MaxNLocator(5))
+        axis.margins(x=0.25, y=0.1)  # room for the names
         axis.set_xlabel(label)
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
