@@ -64,6 +64,12 @@ class Distiller(keras.Model):
         student_loss_weight: weight >= 0 of the compiled loss on the labels.
             Defaults to 0.5.
         name: the model's name. Defaults to `"distiller"`.
+        augmentation: a Keras layer (e.g. a `keras.Sequential` of
+            `RandomTranslation`, `RandomFlip`, ...) or a callable applied to
+            each training batch inside the step, so that teacher and student
+            see the same randomly augmented view (the "consistent teaching"
+            of function matching, Beyer et al. 2022). Evaluation and
+            prediction see the data as given. Defaults to `None`.
         **kwargs: other `keras.Model` arguments.
 
     Example:
@@ -94,9 +100,15 @@ class Distiller(keras.Model):
         distillation_loss_weights=None,
         student_loss_weight=0.5,
         name="distiller",
+        augmentation=None,
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if augmentation is not None and not callable(augmentation):
+            raise TypeError(
+                "`augmentation` must be a Keras layer or a callable applied to "
+                f"each training batch; received {augmentation!r}."
+            )
         check_model(teacher, "teacher")
         check_model(student, "student")
         if teacher is student:
@@ -115,6 +127,7 @@ class Distiller(keras.Model):
 
         self.teacher = teacher
         self.student = student
+        self.augmentation = augmentation
         # The teacher is built, so its variables are fixed; the trainable
         # variable lists, read on every step, filter them out by identity.
         self._teacher_variable_ids = frozenset(id(v) for v in teacher.variables)
@@ -137,6 +150,7 @@ class Distiller(keras.Model):
             student, [p for l in losses for p in l.student_layers()], "student"
         )
         object.__setattr__(self, "_student_features", {})
+        object.__setattr__(self, "_augmented_inputs", None)
         self._check_symbolic_outputs()
         for loss in losses:
             if not loss.built:  # e.g. FitNet's connectors, sized from the taps
@@ -243,8 +257,18 @@ class Distiller(keras.Model):
         """Runs the student; returns its outputs.
 
         The outputs of the layers the losses tap are kept for `compute_loss`
-        of the same step, so the student runs once.
+        of the same step, so the student runs once; so is the augmented
+        batch, for the teacher.
         """
+        augmented = None
+        if training and self.augmentation is not None:
+            augmented = (
+                self.augmentation(inputs, training=True)
+                if isinstance(self.augmentation, keras.layers.Layer)
+                else self.augmentation(inputs)
+            )
+            inputs = augmented
+        object.__setattr__(self, "_augmented_inputs", augmented)
         # Teachers that read their own part of the data (CrossModal,
         # Precomputed) say what the student sees of it.
         if hasattr(self.teacher, "student_view"):
@@ -273,6 +297,8 @@ class Distiller(keras.Model):
             )
         regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
 
+        if self._augmented_inputs is not None:  # this training step's view
+            x = self._augmented_inputs
         teacher_outputs, teacher_features = self._run_teacher(x)
         if training and isinstance(self.teacher, StudentCopy):
             self.teacher.follow_step(self.student)  # e.g. a moving average
@@ -418,6 +444,9 @@ class Distiller(keras.Model):
                     float(w.numpy()) for w in self.distillation_loss_weights
                 ],
                 "student_loss_weight": float(self.student_loss_weight.numpy()),
+                "augmentation": keras.saving.serialize_keras_object(
+                    self.augmentation
+                ),
             }
         )
         return config
@@ -433,6 +462,9 @@ class Distiller(keras.Model):
             keras.saving.deserialize_keras_object(c, custom_objects=custom_objects)
             for c in config["distillation_losses"]
         ]
+        config["augmentation"] = keras.saving.deserialize_keras_object(
+            config.get("augmentation"), custom_objects=custom_objects
+        )
         return cls(**config)
 
 
