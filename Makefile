@@ -4,7 +4,7 @@ VENV ?= .venv
 BACKENDS ?= tensorflow jax torch
 PY := $(VENV)/bin/python
 
-.PHONY: venv quickstart test test-slow
+.PHONY: venv quickstart test test-slow docs
 
 venv: $(VENV)/.installed
 
@@ -32,3 +32,8 @@ test-slow: venv
 		echo "== KERAS_BACKEND=$$backend (slow)"; \
 		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n 2 -p no:cacheprovider -m slow || exit 1; \
 	done
+
+# The documentation site (MkDocs), built in strict mode: a broken reference
+# or a docstring that does not parse fails the build.
+docs: venv
+	KERAS_BACKEND=jax $(VENV)/bin/mkdocs build --strict --site-dir site

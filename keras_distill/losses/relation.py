@@ -331,8 +331,10 @@ class RKD(RelationLoss):
             paper's).
         angle_weight: weight of the angle term. Defaults to 50 (the
             paper's).
-        teacher_layer, student_layer, output, name: as in `RelationLoss`;
-            the name defaults to `"rkd"`.
+        teacher_layer: the teacher layer to read, as in `RelationLoss`.
+        student_layer: the student layer to read, as in `RelationLoss`.
+        output: the output to read without layers, as in `RelationLoss`.
+        name: the loss's name. Defaults to `"rkd"`.
 
     Example:
 
@@ -389,8 +391,10 @@ class SimilarityPreserving(RelationLoss):
     it by gamma = 3000 against the label loss.
 
     Args:
-        teacher_layer, student_layer, output, name: as in `RelationLoss`;
-            the name defaults to `"similarity_preserving"`.
+        teacher_layer: the teacher layer to read, as in `RelationLoss`.
+        student_layer: the student layer to read, as in `RelationLoss`.
+        output: the output to read without layers, as in `RelationLoss`.
+        name: the loss's name. Defaults to `"similarity_preserving"`.
 
     Example:
 
@@ -415,8 +419,10 @@ class PKT(RelationLoss):
     cosine similarities over the batch (`pkt`).
 
     Args:
-        teacher_layer, student_layer, output, name: as in `RelationLoss`;
-            the name defaults to `"pkt"`.
+        teacher_layer: the teacher layer to read, as in `RelationLoss`.
+        student_layer: the student layer to read, as in `RelationLoss`.
+        output: the output to read without layers, as in `RelationLoss`.
+        name: the loss's name. Defaults to `"pkt"`.
 
     Example:
 
@@ -444,8 +450,10 @@ class CorrelationCongruence(RelationLoss):
         gamma: the kernel's width parameter. Defaults to 0.4.
         order: the Taylor order, or `None` for the exact Gaussian kernel.
             Defaults to 2.
-        teacher_layer, student_layer, output, name: as in `RelationLoss`;
-            the name defaults to `"correlation_congruence"`.
+        teacher_layer: the teacher layer to read, as in `RelationLoss`.
+        student_layer: the student layer to read, as in `RelationLoss`.
+        output: the output to read without layers, as in `RelationLoss`.
+        name: the loss's name. Defaults to `"correlation_congruence"`.
 
     Example:
 
