@@ -237,15 +237,7 @@ class Distiller(keras.Model):
         Raises:
             ValueError: when `loss` is missing but `student_loss_weight > 0`.
         """
-        if loss is None and float(self.student_loss_weight.numpy()) > 0:
-            raise ValueError(
-                "compile() got no `loss` for the student, but "
-                f"student_loss_weight is {float(self.student_loss_weight.numpy())}"
-                ". Pass the loss on the labels, e.g. compile(loss=keras.losses."
-                "SparseCategoricalCrossentropy(from_logits=True)), or build the "
-                "Distiller with student_loss_weight=0 to learn from the "
-                "teacher alone."
-            )
+        check_label_loss(loss, self.student_loss_weight, type(self).__name__)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -551,6 +543,19 @@ def weight_variable(model, name, value):
         trainable=False,
         dtype="float32",
     )
+
+
+def check_label_loss(loss, student_loss_weight, owner):
+    """Raises unless a loss on the labels is given where it has weight."""
+    weight = float(student_loss_weight.numpy())
+    if loss is None and weight > 0:
+        raise ValueError(
+            f"compile() got no `loss` on the labels, but {owner}'s "
+            f"student_loss_weight is {weight}. Pass it, e.g. compile(loss="
+            "keras.losses.SparseCategoricalCrossentropy(from_logits=True)), "
+            f"or build the {owner} with student_loss_weight=0 to train on "
+            "the distillation losses alone."
+        )
 
 
 def check_weight(value, what):

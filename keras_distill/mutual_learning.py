@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_distill.distiller import check_label_loss
 from keras_distill.distiller import check_model
 from keras_distill.distiller import check_weight
 from keras_distill.distiller import compares_outputs
@@ -141,13 +142,7 @@ class MutualLearning(keras.Model):
             **kwargs: other `keras.Model.compile` arguments;
                 `weighted_metrics` apply to each peer like `metrics`.
         """
-        if loss is None and float(self.student_loss_weight.numpy()) > 0:
-            raise ValueError(
-                "compile() got no `loss` for the peers, but student_loss_weight"
-                f" is {float(self.student_loss_weight.numpy())}. Pass the loss "
-                "on the labels, e.g. compile(loss=keras.losses."
-                "SparseCategoricalCrossentropy(from_logits=True))."
-            )
+        check_label_loss(loss, self.student_loss_weight, type(self).__name__)
         if "weighted_metrics" in kwargs:
             kwargs["weighted_metrics"] = self._per_peer_objects(
                 kwargs["weighted_metrics"]
