@@ -18,6 +18,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 sys.path.insert(0, EXAMPLES)
 
 import fine_foods_bert  # noqa: E402
+import migrate_from_keras  # noqa: E402
 import mnist_hinton  # noqa: E402
 import quickstart  # noqa: E402
 
@@ -94,6 +95,18 @@ def test_feature_distillation_benchmark_prints_its_ratio():
     assert report["ratio_ours_over_keras"] > 0
 
 
+def test_migration_reference_kd_is_hintons_formula():
+    """The tutorial's NumPy KD: T^2 KL of the softened distributions, and 0
+    for identical logits."""
+    teacher = np.array([[2.0, 0.0, -1.0]])
+    student = np.array([[0.0, 1.0, 0.0]])
+    p = np.exp(teacher / 2) / np.exp(teacher / 2).sum()
+    q = np.exp(student / 2) / np.exp(student / 2).sum()
+    expected = 4.0 * np.sum(p * np.log(p / q))
+    assert migrate_from_keras.hinton_kd(teacher, student, 2.0) == pytest.approx(expected)
+    assert migrate_from_keras.hinton_kd(teacher, teacher, 3.0) == pytest.approx(0.0)
+
+
 def test_fine_foods_encoding_and_distilbert_initialisation():
     vocab = fine_foods_bert.vocabulary(["Great tea!<br />great", "tea"], 10)
     assert vocab == {"great": 3, "tea": 4, "!": 5}
@@ -121,7 +134,8 @@ def test_fine_foods_encoding_and_distilbert_initialisation():
     [("fashion_mnist_attention.py", "student + KD + AT + FitNet"),
      ("fashion_mnist_embeddings.py", "student + CRD"),
      ("fine_foods_bert.py", "student + TinyBERT losses"),
-     ("fashion_mnist_self.py", "born-again ensemble of generations 0-2")],
+     ("fashion_mnist_self.py", "born-again ensemble of generations 0-2"),
+     ("migrate_from_keras.py", "keras.distillation")],
 )
 def test_tutorial_quick_mode_prints_its_table(script, row):
     result = subprocess.run(
