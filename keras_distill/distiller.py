@@ -596,9 +596,7 @@ def compares_outputs(loss):
 
 def _in_memory(x):
     """Whether `x` is arrays (or a dict of them), not a dataset or generator."""
-    return all(hasattr(a, "shape") for a in keras.tree.flatten(x)) and (
-        x is not None
-    )
+    return x is not None and all(hasattr(a, "shape") for a in keras.tree.flatten(x))
 
 
 def _symbolic_outputs(model):
