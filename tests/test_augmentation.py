@@ -63,6 +63,33 @@ def test_teacher_and_student_see_the_same_augmented_view():
     assert frozen_fit(apart, x, y)["kd"][0] > 1e-3
 
 
+def test_keras_shifts_and_mixup_give_one_view():
+    """The function-matching pipeline of `examples/mnist_patient.py`: Keras's
+    random translation and mixup layers, drawn once per step for both."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+
+    def image_mlp(name):
+        keras.utils.set_random_seed(1)
+        return keras.Sequential(
+            [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)],
+            name=name,
+        )
+
+    teacher, student = image_mlp("teacher"), image_mlp("student")
+    pipeline = keras.Sequential(
+        [keras.layers.RandomTranslation(0.25, 0.25), keras.layers.MixUp(alpha=1.0)]
+    )
+    shared = keras_distill.Distiller(teacher, student, KD(), augmentation=pipeline)
+    assert frozen_fit(shared, x, y)["kd"][0] == pytest.approx(0.0, abs=1e-6)
+
+    # The control: the same pipeline drawn for the student alone.
+    alone = keras.Sequential([keras.Input((8, 8, 1)), pipeline, image_mlp("student")])
+    apart = keras_distill.Distiller(image_mlp("teacher"), alone, KD())
+    assert frozen_fit(apart, x, y)["kd"][0] > 1e-3
+
+
 def test_the_views_are_random_and_only_in_training():
     x, y = classification_data(64)
     teacher, student = twins()
