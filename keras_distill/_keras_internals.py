@@ -95,3 +95,21 @@ def attention_scores_call(compute_attention, record):
         return output, scores
 
     return recording
+
+
+# Under `tf.distribute` (TensorFlow), each replica's gradients are summed, so
+# Keras divides each replica's loss by the number of replicas: its compiled
+# loss comes scaled so, and `train_step` unscales the value it logs. A model
+# overriding `compute_loss` returns its total scaled the same way. Both are
+# the identity on one replica and on the other backends, whose data-parallel
+# steps (`keras.distribution`, DistributedDataParallel) average instead.
+try:
+    from keras.src.losses.loss import scale_loss_for_distribution
+    from keras.src.losses.loss import unscale_loss_for_distribution
+except ImportError:  # pragma: no cover - depends on the installed Keras
+
+    def scale_loss_for_distribution(value):
+        return value
+
+    def unscale_loss_for_distribution(value):
+        return value

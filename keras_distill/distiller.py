@@ -8,6 +8,8 @@ import keras
 from keras import ops
 
 from keras_distill._keras_internals import get_keras_mask
+from keras_distill._keras_internals import scale_loss_for_distribution
+from keras_distill._keras_internals import unscale_loss_for_distribution
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import combined_weights
 from keras_distill.student_copies import FollowStudent
@@ -282,10 +284,12 @@ class Distiller(keras.Model):
 
         # The student's terms come first, before the teacher runs, so that
         # `self.losses` holds only what the student's forward pass added.
+        # Every term is a mean over this replica's batch; the total is scaled
+        # for the replicas once, at the end (`tf.distribute` sums gradients).
         student_loss = ops.zeros((), "float32")
         if self._compile_loss is not None and y is not None:
-            student_loss = ops.cast(
-                self._compile_loss(y, y_pred, sample_weight), "float32"
+            student_loss = unscale_loss_for_distribution(
+                ops.cast(self._compile_loss(y, y_pred, sample_weight), "float32")
             )
         regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
 
@@ -327,7 +331,9 @@ class Distiller(keras.Model):
             distillation_loss, sample_weight=batch_size
         )
         total = self.student_loss_weight * student_loss + distillation_loss
-        return total + sum(regularization) if regularization else total
+        if regularization:
+            total = total + sum(regularization)
+        return scale_loss_for_distribution(total)
 
     def _run_teacher(self, x):
         """One teacher pass: its outputs and tapped features, without gradient."""

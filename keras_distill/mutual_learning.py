@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_distill._keras_internals import scale_loss_for_distribution
+from keras_distill._keras_internals import unscale_loss_for_distribution
 from keras_distill.distiller import check_label_loss
 from keras_distill.distiller import check_model
 from keras_distill.distiller import check_weight
@@ -186,11 +188,13 @@ class MutualLearning(keras.Model):
 
         supervised = ops.zeros((), "float32")
         if self._compile_loss is not None and y is not None:
-            supervised = ops.cast(
-                self._compile_loss(
-                    self._per_peer(y), y_pred, self._per_peer(sample_weight)
-                ),
-                "float32",
+            supervised = unscale_loss_for_distribution(  # see Distiller
+                ops.cast(
+                    self._compile_loss(
+                        self._per_peer(y), y_pred, self._per_peer(sample_weight)
+                    ),
+                    "float32",
+                )
             )
         regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
 
@@ -215,7 +219,9 @@ class MutualLearning(keras.Model):
 
         (weight,) = self.distillation_loss_weights
         total = self.student_loss_weight * supervised + weight * distillation
-        return total + sum(regularization) if regularization else total
+        if regularization:
+            total = total + sum(regularization)
+        return scale_loss_for_distribution(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(
