@@ -110,8 +110,13 @@ class CRD(RelationLoss):
 
     def build(self, teacher_shapes, student_shapes):
         """Creates the heads and the queues from the features' shapes."""
-        self.teacher_head = keras.layers.Dense(self.embedding_dim, name="teacher_head")
-        self.student_head = keras.layers.Dense(self.embedding_dim, name="student_head")
+        # float32 like the loss, whatever the global dtype policy.
+        self.teacher_head = keras.layers.Dense(
+            self.embedding_dim, name="teacher_head", dtype="float32"
+        )
+        self.student_head = keras.layers.Dense(
+            self.embedding_dim, name="student_head", dtype="float32"
+        )
         for head, shape in (
             (self.teacher_head, teacher_shapes[self.teacher_layer]),
             (self.student_head, student_shapes[self.student_layer]),

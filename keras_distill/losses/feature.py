@@ -214,7 +214,8 @@ def connector_for(student_shape, teacher_shape, name=None):
         name: the layer's name. Defaults to `None`.
 
     Returns:
-        An unbuilt `keras.layers.Layer`.
+        An unbuilt `keras.layers.Layer` that computes in float32, as the
+        losses do, whatever the global dtype policy.
 
     Raises:
         ValueError: for shapes no connector of these kinds can map.
@@ -223,19 +224,21 @@ def connector_for(student_shape, teacher_shape, name=None):
     if len(student_shape) == 4 and len(teacher_shape) == 4:
         (hs, ws, _), (ht, wt, channels) = student_shape[1:], teacher_shape[1:]
         if (hs, ws) == (ht, wt):
-            return keras.layers.Conv2D(channels, 1, name=name)
+            return keras.layers.Conv2D(channels, 1, name=name, dtype="float32")
         if hs >= ht and ws >= wt:
             return keras.layers.Conv2D(
-                channels, (hs - ht + 1, ws - wt + 1), padding="valid", name=name
+                channels, (hs - ht + 1, ws - wt + 1), padding="valid", name=name,
+                dtype="float32",
             )
         if hs <= ht and ws <= wt:
             return keras.layers.Conv2DTranspose(
-                channels, (ht - hs + 1, wt - ws + 1), padding="valid", name=name
+                channels, (ht - hs + 1, wt - ws + 1), padding="valid", name=name,
+                dtype="float32",
             )
     elif len(student_shape) == len(teacher_shape) and (
         student_shape[1:-1] == teacher_shape[1:-1]
     ):
-        return keras.layers.Dense(teacher_shape[-1], name=name)
+        return keras.layers.Dense(teacher_shape[-1], name=name, dtype="float32")
     raise ValueError(
         f"No automatic connector maps student features of shape "
         f"{student_shape} to the teacher's {teacher_shape}: pass a Keras layer "
