@@ -169,6 +169,24 @@ def run(epochs=20, teacher_epochs=30, temperatures=(1.0, 2.0, 4.0, 8.0, 20.0),
     for temperature in temperatures:
         timed(f"student, KD T={temperature:g}",
               lambda: train_distilled(temperature))
+    return error_rows(models, seconds, x_test, y_test, histories, report_path)
+
+
+def error_rows(models, seconds, x_test, y_test, histories=None, report_path=None):
+    """`keras_distill.report`'s rows, each with its test errors and seconds.
+
+    Args:
+        models: a dict `{name: model}` in the order of the table.
+        seconds: a dict `{name: training seconds}`.
+        x_test: the test digits.
+        y_test: their labels.
+        histories: a dict `{name: History}` to plot. Defaults to `None`.
+        report_path: a folder for the report's files. Defaults to `None`.
+
+    Returns:
+        One dict per model: `report`'s `model`, `accuracy`, `params` and
+        `latency_ms`, plus `errors` and `seconds`.
+    """
     rows = keras_distill.report(
         models, x_test, y_test, histories=histories, path=report_path
     )
@@ -176,6 +194,17 @@ def run(epochs=20, teacher_epochs=30, temperatures=(1.0, 2.0, 4.0, 8.0, 20.0),
         row["errors"] = int(round((1.0 - row["accuracy"]) * len(y_test)))
         row["seconds"] = seconds[row["model"]]
     return rows
+
+
+def print_errors(rows, heading=""):
+    """Prints the rows of `error_rows` under a heading naming the backend."""
+    print(f"MNIST test errors (of 10,000), backend {keras.backend.backend()}"
+          f"{heading}:")
+    width = max(len(row["model"]) for row in rows) + 2
+    print(f"{'model':<{width}}{'errors':>8}{'params':>10}{'seconds':>10}")
+    for row in rows:
+        print(f"{row['model']:<{width}}{row['errors']:>8}{row['params']:>10}"
+              f"{row['seconds']:>10}")
 
 
 def main():
@@ -199,11 +228,7 @@ def main():
         seed=args.seed,
         report_path=args.report,
     )
-    print(f"MNIST test errors (of 10,000), backend {keras.backend.backend()}:")
-    print(f"{'model':<24}{'errors':>8}{'params':>10}{'seconds':>10}")
-    for row in rows:
-        print(f"{row['model']:<24}{row['errors']:>8}{row['params']:>10}"
-              f"{row['seconds']:>10}")
+    print_errors(rows)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_distill  # noqa: E402
 from datasets import load_mnist  # noqa: E402
+from mnist_hinton import error_rows  # noqa: E402
+from mnist_hinton import print_errors  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -196,13 +198,7 @@ def run(teacher_epochs=15, epochs=30, batch_size=256, mixup_alpha=1.0,
     if baseline:
         timed("student, labels + jitter", train_baseline)
     timed("student, function matching", train_function_matching)
-    rows = keras_distill.report(
-        models, x_test, y_test, histories=histories, path=report_path
-    )
-    for row in rows:
-        row["errors"] = int(round((1.0 - row["accuracy"]) * len(y_test)))
-        row["seconds"] = seconds[row["model"]]
-    return rows
+    return error_rows(models, seconds, x_test, y_test, histories, report_path)
 
 
 def main():
@@ -227,12 +223,7 @@ def main():
         report_path=args.report,
     )
     minutes = (time.perf_counter() - start) / 60
-    print(f"MNIST test errors (of 10,000), backend {keras.backend.backend()}, "
-          f"{minutes:.1f} minutes in all:")
-    print(f"{'model':<30}{'errors':>8}{'params':>10}{'seconds':>10}")
-    for row in rows:
-        print(f"{row['model']:<30}{row['errors']:>8}{row['params']:>10}"
-              f"{row['seconds']:>10}")
+    print_errors(rows, f", {minutes:.1f} minutes in all")
 
 
 if __name__ == "__main__":
