@@ -1,11 +1,13 @@
 """What the Fashion-MNIST tutorials share: the data, the CNNs, the training.
 
-Both tutorials train a teacher and several students the same way (Adam with
-a cosine-decayed learning rate, the same seed for every model) and compare
-them in one table; only the losses and the measures differ.
+The tutorials train their models the same way (Adam with a cosine-decayed
+learning rate, the same seed for every model), measure them with
+`keras_distill.report` (test accuracy, parameters, latency; with
+`--report DIR`, its table and plots) and compare them in one table.
 """
 
 import argparse
+import os
 import time
 
 import keras
@@ -13,6 +15,7 @@ import keras
 import keras_distill
 from datasets import load_fashion_mnist
 from results import print_table
+from results import report_rows
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -54,7 +57,8 @@ def cnn(widths, convs_per_block, name, embedding_dim=None):
 
 
 def train_all(teacher_factory, student_factory, students, data, epochs,
-              teacher_epochs, measure, seed=0, verbose=0):
+              teacher_epochs, measure=None, seed=0, verbose=0,
+              report_path=None):
     """Trains the teacher, then each student; returns one row per model.
 
     Args:
@@ -65,17 +69,21 @@ def train_all(teacher_factory, student_factory, students, data, epochs,
         data: `((x_train, y_train), (x_test, y_test))`.
         epochs: epochs of each student.
         teacher_epochs: epochs of the teacher.
-        measure: `measure(model) -> dict` of test measures.
+        measure: an optional `measure(model) -> dict` of test measures
+            beyond `keras_distill.report`'s. Defaults to `None`.
         seed: the random seed of every model. Defaults to 0.
         verbose: Keras verbosity. Defaults to 0.
+        report_path: a folder for `keras_distill.report`'s table and plots
+            (with each run's training curves). Defaults to `None`.
 
     Returns:
-        A list of dicts: model name, the measures, parameters and seconds.
+        A list of dicts, one per model: `report`'s `model`, `accuracy`,
+        `params` and `latency_ms`, the measures, and training `seconds`.
     """
-    (x_train, y_train), _ = data
+    (x_train, y_train), (x_test, y_test) = data
     batch_size = 128
     steps = -(-len(x_train) // batch_size)
-    rows = []
+    models, histories, seconds = {}, {}, {}
 
     def train(name, model, trained, num_epochs):
         start = time.perf_counter()
@@ -85,14 +93,10 @@ def train_all(teacher_factory, student_factory, students, data, epochs,
             ),
             SCCE,
         )
-        model.fit(x_train, y_train, epochs=num_epochs, batch_size=batch_size,
-                  verbose=verbose)
-        rows.append({
-            "model": name,
-            **measure(trained),
-            "params": trained.count_params(),
-            "seconds": round(time.perf_counter() - start, 1),
-        })
+        histories[name] = model.fit(x_train, y_train, epochs=num_epochs,
+                                    batch_size=batch_size, verbose=verbose)
+        models[name] = trained
+        seconds[name] = time.perf_counter() - start
 
     keras.utils.set_random_seed(seed)
     teacher = teacher_factory()
@@ -107,33 +111,38 @@ def train_all(teacher_factory, student_factory, students, data, epochs,
             teacher, student, losses, distillation_loss_weights=weights
         )
         train(name, distiller, student, epochs)
-    return rows
+    return report_rows(models, x_test, y_test, seconds, histories,
+                       report_path, measure)
 
 
-def experiment(teacher_factory, student_factory, students, measure):
+def experiment(teacher_factory, student_factory, students, measure=None):
     """A tutorial's `run` function, for its models and measures.
 
     Args:
         teacher_factory: builds the teacher.
         student_factory: builds a fresh student.
         students: returns `(name, losses, loss_weights)` per student.
-        measure: `measure(x_test, y_test)` returns `measure(model) -> dict`.
+        measure: an optional `measure(x_test, y_test)` returning
+            `measure(model) -> dict`, the measures beyond
+            `keras_distill.report`'s accuracy, size and latency. Defaults
+            to `None`.
 
     Returns:
         `run(epochs=8, teacher_epochs=8, train_size=20000, seed=0,
-        verbose=0, test_size=None)`, which trains the teacher on the first
-        `train_size` training images (all when `None`), then each student,
-        with the given epochs and seed, and returns one row per model: its
-        name, the measures on the first `test_size` test images (all when
-        `None`), parameters and training seconds.
+        verbose=0, test_size=None, report_path=None)`, which trains the
+        teacher on the first `train_size` training images (all when
+        `None`), then each student, with the given epochs and seed, and
+        returns one row per model (see `train_all`), measured on the first
+        `test_size` test images (all when `None`).
     """
 
     def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, verbose=0,
-            test_size=None):
+            test_size=None, report_path=None):
         data = load(train_size, test_size)
         return train_all(
             teacher_factory, student_factory, students(), data, epochs,
-            teacher_epochs, measure(*data[1]), seed=seed, verbose=verbose,
+            teacher_epochs, measure and measure(*data[1]), seed=seed,
+            verbose=verbose, report_path=report_path,
         )
 
     return run
@@ -144,8 +153,8 @@ def main(description, run, title, measures=("accuracy",), teacher=True):
 
     Args:
         description: the script's docstring.
-        run: `run(epochs, train_size, seed, test_size, [teacher_epochs])
-            -> rows`.
+        run: `run(epochs, train_size, seed, test_size, report_path,
+            [teacher_epochs]) -> rows`.
         title: the table's heading.
         measures: the measures `run`'s rows hold. Defaults to
             `("accuracy",)`.
@@ -161,6 +170,9 @@ def main(description, run, title, measures=("accuracy",), teacher=True):
     parser.add_argument("--quick", action="store_true",
                         help="1 epoch on 512 training images, tested on "
                         "1,000: a smoke run.")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write keras_distill.report's table and plots "
+                        "of each seed to DIR/seed_<seed>")
     args = parser.parse_args()
     kwargs = {}
     if teacher:
@@ -171,6 +183,7 @@ def main(description, run, title, measures=("accuracy",), teacher=True):
             train_size=512 if args.quick else args.train_size,
             seed=seed,
             test_size=1000 if args.quick else None,
+            report_path=args.report and os.path.join(args.report, f"seed_{seed}"),
             **kwargs,
         )
         for seed in args.seeds

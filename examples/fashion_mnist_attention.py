@@ -30,7 +30,8 @@ how the losses are set up; `--seeds 0 1 2` and `--train-size` are there to
 measure them on other settings.
 
 Run: `KERAS_BACKEND=jax python examples/fashion_mnist_attention.py`
-(`--quick` for a smoke run; `--seeds 0 1 2` for several seeds). The data is
+(`--quick` for a smoke run; `--seeds 0 1 2` for several seeds;
+`--report DIR` for `keras_distill.report`'s table and plots). The data is
 fetched as `examples/datasets.py` describes.
 """
 
@@ -78,14 +79,7 @@ def students():
     ]
 
 
-def accuracy(x, y):
-    def measure(model):
-        predictions = model.predict(x, batch_size=1000, verbose=0)
-        return {"accuracy": float((predictions.argmax(-1) == y).mean())}
-    return measure
-
-
-run = experiment(teacher_model, student_model, students, accuracy)
+run = experiment(teacher_model, student_model, students)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ tutorial shows how an ensemble is built, measured and distilled; the
 measured result is that, at this scale, it did not help the student.
 
 Run: `KERAS_BACKEND=jax python examples/fashion_mnist_ensemble.py`
-(`--quick` for a smoke run; `--seeds 0 1 2` for several seeds). The data is
+(`--quick` for a smoke run; `--seeds 0 1 2` for several seeds;
+`--report DIR` for `keras_distill.report`'s table and plots). The data is
 fetched as `examples/datasets.py` describes.
 """
 
@@ -77,6 +78,7 @@ from keras_distill.losses import KD  # noqa: E402
 from keras_distill.teachers import MultiTeacher  # noqa: E402
 from keras_distill.teachers import Precomputed  # noqa: E402
 from keras_distill.teachers import precompute  # noqa: E402
+from results import report_rows  # noqa: E402
 
 BATCH_SIZE = 128
 VALIDATION = slice(50000, 60000)  # disjoint from the first 20,000 (default)
@@ -149,15 +151,14 @@ def accuracy(model, x, y):
     return float((np.asarray(predictions).argmax(-1) == y).mean())
 
 
-def best(rows, names):
-    """The name among `names` whose row has the highest validation accuracy
-    (the first of them on a tie)."""
-    scores = {row["model"]: row["validation"] for row in rows}
+def best(scores, names):
+    """The name among `names` with the highest score in `scores` (a dict
+    `{name: validation accuracy}`); the first of them on a tie."""
     return max(names, key=lambda name: scores[name])
 
 
 def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, test_size=None,
-        verbose=0):
+        verbose=0, report_path=None):
     """Trains the teachers and the students; returns one row per model.
 
     Args:
@@ -170,42 +171,36 @@ def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, test_size=None,
         test_size: measure on the first `test_size` test and validation
             images. Defaults to `None`: all 10,000 of each.
         verbose: Keras verbosity. Defaults to 0.
+        report_path: a folder for `keras_distill.report`'s table and plots.
+            Defaults to `None`.
 
     Returns:
-        A list of dicts, one per teacher, ensemble and student: `model`,
-        `accuracy` (test), `validation` (accuracy), `params` and `seconds`.
+        A list of dicts, one per teacher, ensemble and student:
+        `keras_distill.report`'s `model`, `accuracy` (test), `params` and
+        `latency_ms`, plus `validation` (accuracy) and `seconds`.
     """
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = load(train_size, test_size)
     steps = -(-len(x_train) // BATCH_SIZE)
-    rows = []
+    models, histories, seconds = {}, {}, {}
 
-    def measure(name, model, start, params=None):
-        seconds = round(time.perf_counter() - start, 1)
-        rows.append({
-            "model": name,
-            "accuracy": accuracy(model, x_test, y_test),
-            "validation": accuracy(model, x_val, y_val),
-            "params": params if params is not None else model.count_params(),
-            "seconds": seconds,
-        })
-
-    def fit(model, x, num_epochs):
+    def fit(name, model, trained, x, num_epochs):
+        start = time.perf_counter()
         model.compile(
             keras.optimizers.Adam(
                 keras.optimizers.schedules.CosineDecay(3e-3, num_epochs * steps)
             ),
             SCCE,
         )
-        model.fit(x, y_train, epochs=num_epochs, batch_size=BATCH_SIZE,
-                  verbose=verbose)
+        histories[name] = model.fit(x, y_train, epochs=num_epochs,
+                                    batch_size=BATCH_SIZE, verbose=verbose)
+        models[name] = trained
+        seconds[name] = time.perf_counter() - start
 
     teachers = []
     for factory in TEACHERS:
         keras.utils.set_random_seed(seed)
-        start = time.perf_counter()
         teacher = factory()
-        fit(teacher, x_train, teacher_epochs)
-        measure(teacher.name, teacher, start)
+        fit(teacher.name, teacher, teacher, x_train, teacher_epochs)
         teachers.append(teacher)
 
     # Each teacher's logits on the training images, computed once.
@@ -213,12 +208,14 @@ def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, test_size=None,
     ensemble_logits = {}
     for combine in COMBINE:
         start = time.perf_counter()
-        ensemble = MultiTeacher(teachers, combine=combine, name=f"ensemble_{combine}")
-        ensemble_logits[combine] = precompute(ensemble, x_train)["logits"]
-        measure(f"ensemble ({combine})", ensemble, start,
-                params=sum(t.count_params() for t in teachers))
+        name = f"ensemble ({combine})"
+        models[name] = MultiTeacher(teachers, combine=combine,
+                                    name=f"ensemble_{combine}")
+        ensemble_logits[combine] = precompute(models[name], x_train)["logits"]
+        seconds[name] = time.perf_counter() - start
 
-    chosen = best(rows, [t.name for t in teachers])
+    chosen = best({t.name: accuracy(t, x_val, y_val) for t in teachers},
+                  [t.name for t in teachers])
     print(f"seed {seed}: the best teacher on the validation split is {chosen}")
     targets = [
         ("student, labels only", None),
@@ -227,18 +224,20 @@ def run(epochs=8, teacher_epochs=8, train_size=20000, seed=0, test_size=None,
     ]
     for name, teacher_logits in targets:
         keras.utils.set_random_seed(seed)
-        start = time.perf_counter()
         student = student_model()
         if teacher_logits is None:
-            fit(student, x_train, epochs)
+            fit(name, student, student, x_train, epochs)
         else:
             distiller = keras_distill.Distiller(
                 Precomputed(), student, KD(temperature=4.0),
                 student_loss_weight=0.5,
             )
-            fit(distiller, {"inputs": x_train, "logits": teacher_logits}, epochs)
-        measure(name, student, start)
-    return rows
+            fit(name, distiller, student,
+                {"inputs": x_train, "logits": teacher_logits}, epochs)
+    return report_rows(
+        models, x_test, y_test, seconds, histories, report_path,
+        measure=lambda model: {"validation": accuracy(model, x_val, y_val)},
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ set up and measured; on a problem like this one, plain training is as
 good.
 
 Run: `KERAS_BACKEND=jax python examples/fashion_mnist_self.py` (`--quick`
-for a smoke run; `--seeds 0 1 2` for several seeds). The data is fetched
-as `examples/datasets.py` describes.
+for a smoke run; `--seeds 0 1 2` for several seeds; `--report DIR` for
+`keras_distill.report`'s table and plots). The data is fetched as
+`examples/datasets.py` describes.
 """
 
 import os
@@ -75,6 +76,7 @@ from keras_distill.losses import KD  # noqa: E402
 from keras_distill.teachers import MovingAverage  # noqa: E402
 from keras_distill.teachers import MultiTeacher  # noqa: E402
 from keras_distill.teachers import Snapshot  # noqa: E402
+from results import report_rows  # noqa: E402
 
 BATCH_SIZE = 128
 
@@ -83,7 +85,8 @@ def student_model(name):
     return cnn((16, 32, 64), 1, name)
 
 
-def run(epochs=8, train_size=20000, seed=0, test_size=None, verbose=0):
+def run(epochs=8, train_size=20000, seed=0, test_size=None, verbose=0,
+        report_path=None):
     """Trains every scheme once; returns one row per model.
 
     Args:
@@ -93,13 +96,17 @@ def run(epochs=8, train_size=20000, seed=0, test_size=None, verbose=0):
         seed: the seed of every model. Defaults to 0.
         test_size: test images used (all when `None`). Defaults to `None`.
         verbose: Keras verbosity. Defaults to 0.
+        report_path: a folder for `keras_distill.report`'s table and plots.
+            Defaults to `None`.
 
     Returns:
-        A list of dicts: model name, test accuracy, parameters, seconds.
+        A list of dicts, one per model: `keras_distill.report`'s `model`,
+        `accuracy` (test), `params` and `latency_ms`, plus `seconds` of
+        training.
     """
     (x_train, y_train), (x_test, y_test) = load(train_size, test_size)
     steps = -(-len(x_train) // BATCH_SIZE)
-    rows = []
+    models, histories, seconds = {}, {}, {}
 
     def optimizer():
         schedule = keras.optimizers.schedules.CosineDecay(3e-3, epochs * steps)
@@ -109,37 +116,29 @@ def run(epochs=8, train_size=20000, seed=0, test_size=None, verbose=0):
         return model.fit(x_train, y_train, epochs=epochs, batch_size=BATCH_SIZE,
                          verbose=verbose, **kwargs)
 
-    def report(name, model, seconds):
-        predictions = model.predict(x_test, batch_size=1000, verbose=0)
-        if isinstance(predictions, dict):  # MutualLearning: one per peer
-            predictions = predictions[model.peer_names[0]]
-        rows.append({
-            "model": name,
-            "accuracy": float((predictions.argmax(-1) == y_test).mean()),
-            "params": model.count_params(),
-            "seconds": round(seconds, 1),
-        })
-
     def timed(train):
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
         model = train()
         return model, time.perf_counter() - start
 
+    def add(name, model, training_seconds, history=None):
+        models[name], seconds[name] = model, training_seconds
+        if history is not None:
+            histories[name] = history
+
     def distilled(teacher, student, **fit_kwargs):
         distiller = keras_distill.Distiller(teacher, student, KD(temperature=2.0))
         distiller.compile(optimizer(), SCCE)
-        fit(distiller, **fit_kwargs)
-        return student
+        return fit(distiller, **fit_kwargs)
 
     def plain():
         model = student_model("generation_0")
         model.compile(optimizer(), SCCE)
-        fit(model)
-        return model
+        return model, fit(model)
 
-    baseline, seconds = timed(plain)
-    report("labels only (generation 0)", baseline, seconds)
+    (baseline, history), time_taken = timed(plain)
+    add("labels only (generation 0)", baseline, time_taken, history)
 
     def mutual():
         peers = keras_distill.MutualLearning(
@@ -149,30 +148,31 @@ def run(epochs=8, train_size=20000, seed=0, test_size=None, verbose=0):
         fit(peers)
         return peers
 
-    peers, seconds = timed(mutual)
+    peers, time_taken = timed(mutual)
     for peer in peers.peers:
-        report(f"mutual learning, {peer.name} of 2", peer, seconds)
+        add(f"mutual learning, {peer.name} of 2", peer, time_taken)
 
     def mean_teacher():
         student = student_model("student")
         average = MovingAverage(student, decay=0.99)
-        distilled(average, student)
-        return student, average
+        return student, average, distilled(average, student)
 
-    (student, average), seconds = timed(mean_teacher)
-    report("student of its moving average", student, seconds)
-    report("the moving average itself", average, 0.0)
+    (student, average, history), time_taken = timed(mean_teacher)
+    add("student of its moving average", student, time_taken, history)
+    add("the moving average itself", average, 0.0)
 
     def snapshot():
         student = student_model("student")
         warm_up = LossWeightScheduler(lambda e: 0.0 if e < 2 else 0.5, loss="kd")
-        return distilled(Snapshot(student, every=2), student, callbacks=[warm_up])
+        history = distilled(Snapshot(student, every=2), student,
+                            callbacks=[warm_up])
+        return student, history
 
-    student, seconds = timed(snapshot)
-    report("student of its snapshots (every 2 epochs)", student, seconds)
+    (student, history), time_taken = timed(snapshot)
+    add("student of its snapshots (every 2 epochs)", student, time_taken, history)
 
     def born_again():
-        students, _ = keras_distill.born_again(
+        return keras_distill.born_again(
             baseline,
             lambda g: student_model(f"generation_{g}"),
             generations=2,
@@ -181,14 +181,13 @@ def run(epochs=8, train_size=20000, seed=0, test_size=None, verbose=0):
             x=x_train, y=y_train, epochs=epochs, batch_size=BATCH_SIZE,
             verbose=verbose,
         )
-        return students
 
-    generations, seconds = timed(born_again)
-    for generation in generations:
-        report(f"born-again {generation.name}", generation, seconds / 2)
-    ensemble = MultiTeacher([baseline, *generations], combine="mean_probabilities")
-    report("born-again ensemble of generations 0-2", ensemble, 0.0)
-    return rows
+    (generations, generation_histories), time_taken = timed(born_again)
+    for generation, history in zip(generations, generation_histories):
+        add(f"born-again {generation.name}", generation, time_taken / 2, history)
+    add("born-again ensemble of generations 0-2",
+        MultiTeacher([baseline, *generations], combine="mean_probabilities"), 0.0)
+    return report_rows(models, x_test, y_test, seconds, histories, report_path)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ the distilled students' 1.1 and 1.5 points over the labels-only student
 are suggestive, not established; `--seeds 0 1 2` measures more.
 
 Run: `KERAS_BACKEND=jax python examples/fine_foods_bert.py` (`--quick` for a
-smoke run). The data is fetched as `examples/datasets.py` describes.
+smoke run; `--report DIR` for `keras_distill.report`'s table and plots). The
+data is fetched as `examples/datasets.py` describes.
 """
 
 import argparse
@@ -55,6 +56,7 @@ from keras_distill.losses import HiddenCosine  # noqa: E402
 from keras_distill.losses import TransformerAttention  # noqa: E402
 import text  # noqa: E402
 from results import print_table  # noqa: E402
+from results import report_rows  # noqa: E402
 from text import PAD  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -132,7 +134,7 @@ def tinybert_losses():
 
 
 def run(epochs=6, teacher_epochs=6, length=128, vocabulary_size=5000,
-        train_size=None, seed=0, verbose=0, test_size=None):
+        train_size=None, seed=0, verbose=0, test_size=None, report_path=None):
     """Trains the teacher and the three students; returns their results.
 
     Args:
@@ -146,10 +148,13 @@ def run(epochs=6, teacher_epochs=6, length=128, vocabulary_size=5000,
         verbose: Keras verbosity. Defaults to 0.
         test_size: test on the first `test_size` reviews. Defaults to
             `None`: all 1,000.
+        report_path: a folder for `keras_distill.report`'s table and plots.
+            Defaults to `None`.
 
     Returns:
-        A list of dicts, one per model: name, test accuracy, parameters and
-        training seconds.
+        A list of dicts, one per model: `keras_distill.report`'s `model`,
+        `accuracy` (test), `params` and `latency_ms`, plus training
+        `seconds`.
     """
     (texts, y_train), (test_texts, y_test) = load_fine_foods()
     texts, y_train = texts[:train_size], y_train[:train_size]
@@ -164,24 +169,19 @@ def run(epochs=6, teacher_epochs=6, length=128, vocabulary_size=5000,
             keras.optimizers.schedules.CosineDecay(5e-4, num_epochs * steps)
         )
 
-    rows = []
+    models, histories, seconds = {}, {}, {}
 
     def train(name, model, trained, num_epochs):
         start = time.perf_counter()
         model.compile(adam(num_epochs), SCCE)
         # keras-hub tasks batch NumPy inputs into an unshuffled dataset in
         # their own `fit`; Keras's `fit` shuffles them every epoch.
-        keras.Model.fit(
+        histories[name] = keras.Model.fit(
             model, x_train, y_train, epochs=num_epochs, batch_size=batch_size,
             verbose=verbose,
         )
-        predictions = trained.predict(x_test, batch_size=250, verbose=0)
-        rows.append({
-            "model": name,
-            "accuracy": float((predictions.argmax(-1) == y_test).mean()),
-            "params": trained.count_params(),
-            "seconds": round(time.perf_counter() - start, 1),
-        })
+        models[name] = trained
+        seconds[name] = time.perf_counter() - start
 
     def student():
         keras.utils.set_random_seed(seed)
@@ -200,7 +200,7 @@ def run(epochs=6, teacher_epochs=6, length=128, vocabulary_size=5000,
     train("student, labels only", scratch, scratch, epochs)
     train("student + DistilBERT losses", *distilled(distilbert_losses()), epochs)
     train("student + TinyBERT losses", *distilled(tinybert_losses()), epochs)
-    return rows
+    return report_rows(models, x_test, y_test, seconds, histories, report_path)
 
 
 def main():
@@ -211,6 +211,9 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="1 epoch on 128 reviews of 32 words, tested on 250: "
                         "a smoke run.")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write keras_distill.report's table and plots "
+                        "of each seed to DIR/seed_<seed>")
     args = parser.parse_args()
     runs = [
         run(
@@ -220,6 +223,7 @@ def main():
             train_size=128 if args.quick else None,
             test_size=250 if args.quick else None,
             seed=seed,
+            report_path=args.report and os.path.join(args.report, f"seed_{seed}"),
         )
         for seed in args.seeds
     ]

@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras_distill  # noqa: E402
 from datasets import load_mnist  # noqa: E402
+from results import report_rows  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -173,7 +174,7 @@ def run(epochs=20, teacher_epochs=30, temperatures=(1.0, 2.0, 4.0, 8.0, 20.0),
 
 
 def error_rows(models, seconds, x_test, y_test, histories=None, report_path=None):
-    """`keras_distill.report`'s rows, each with its test errors and seconds.
+    """`results.report_rows`, each row with its test errors.
 
     Args:
         models: a dict `{name: model}` in the order of the table.
@@ -187,12 +188,9 @@ def error_rows(models, seconds, x_test, y_test, histories=None, report_path=None
         One dict per model: `report`'s `model`, `accuracy`, `params` and
         `latency_ms`, plus `errors` and `seconds`.
     """
-    rows = keras_distill.report(
-        models, x_test, y_test, histories=histories, path=report_path
-    )
+    rows = report_rows(models, x_test, y_test, seconds, histories, report_path)
     for row in rows:
         row["errors"] = int(round((1.0 - row["accuracy"]) * len(y_test)))
-        row["seconds"] = seconds[row["model"]]
     return rows
 
 

@@ -1,7 +1,38 @@
-"""The tutorials' results table: each model's test measures, over seeds."""
+"""The tutorials' results: measured by `keras_distill.report`, printed over seeds."""
 
 import keras
 import numpy as np
+
+import keras_distill
+
+
+def report_rows(models, x_test, y_test, seconds, histories=None,
+                report_path=None, measure=None):
+    """`keras_distill.report`'s rows, each with its training seconds.
+
+    Args:
+        models: a dict `{name: model}` in the order of the table.
+        x_test: the test inputs.
+        y_test: their integer labels.
+        seconds: a dict `{name: training seconds}`.
+        histories: a dict `{name: History}` to plot. Defaults to `None`.
+        report_path: a folder for the report's table and plots. Defaults
+            to `None`: nothing is written.
+        measure: an optional `measure(model) -> dict` of further measures
+            added to each row. Defaults to `None`.
+
+    Returns:
+        One dict per model: `report`'s `model`, `accuracy`, `params` and
+        `latency_ms`, the measures of `measure`, and `seconds`.
+    """
+    rows = keras_distill.report(
+        models, x_test, y_test, histories=histories, path=report_path
+    )
+    for row in rows:
+        if measure is not None:
+            row.update(measure(models[row["model"]]))
+        row["seconds"] = round(seconds[row["model"]], 1)
+    return rows
 
 
 def print_table(title, runs, measures=("accuracy",)):

@@ -42,8 +42,9 @@ student's input does not hold. The seeds vary the models, not the split:
 `--split-seed` measures another split.
 
 Run: `KERAS_BACKEND=jax python examples/uci_cross_modal.py` (`--quick` for
-a smoke run; `--seeds`, `--views`, `--temperature`, `--tune`). The data is
-fetched as `examples/datasets.py` describes.
+a smoke run; `--seeds`, `--views`, `--temperature`, `--tune`; `--report DIR`
+for `keras_distill.report`'s tables and plots). The data is fetched as
+`examples/datasets.py` describes.
 """
 
 import argparse
@@ -59,6 +60,7 @@ import numpy as np  # noqa: E402
 import keras_distill  # noqa: E402
 from datasets import load_multiple_features  # noqa: E402
 from results import print_table  # noqa: E402
+from results import report_rows  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 IMAGE_SHAPE = (16, 15, 1)  # the "pix" view: 16 rows of 15 pixels, 0-6
@@ -166,16 +168,12 @@ def fit(model, x, y, epochs, batch_size=64, learning_rate=3e-3):
         ),
         SCCE,
     )
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
-
-
-def accuracy(model, x, y):
-    predictions = model.predict(x, batch_size=1000, verbose=0)
-    return float((predictions.argmax(-1) == y).mean())
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
 
 
 def run(seed=0, epochs=60, teacher_epochs=30, settings=((2.0, 0.5),),
-        views=("fourier", "zernike"), validation=False, split_seed=0):
+        views=("fourier", "zernike"), validation=False, split_seed=0,
+        report_path=None):
     """Trains the pixel teacher, then the students of each view; a row each.
 
     Per view, one student learns from the labels alone and one more per
@@ -195,36 +193,39 @@ def run(seed=0, epochs=60, teacher_epochs=30, settings=((2.0, 0.5),),
             measure on the other 20 (for tuning) instead of training on the
             whole half and measuring on the test half. Defaults to `False`.
         split_seed: the seed of the train/test halves. Defaults to 0.
+        report_path: a folder for `keras_distill.report`'s tables and
+            plots, one subfolder per view (`pixels` holds the teacher's).
+            Defaults to `None`.
 
     Returns:
-        A list of dicts: model name, `accuracy`, parameters and seconds.
+        A list of dicts, one per model: `keras_distill.report`'s `model`,
+        `accuracy`, `params` and `latency_ms`, plus training `seconds`.
     """
     data = load(split_seed, seed if validation else None)
     x_train, y_train = data["train"]
     x_eval, y_eval = data["validation" if validation else "test"]
-    rows = []
+    # The models of each view, measured on that view's test inputs.
+    by_view = {"pixels": {}, **{view: {} for view in views}}
+    histories, seconds = {}, {}
 
-    def row(name, model, view, start):
-        rows.append({
-            "model": name,
-            "accuracy": accuracy(model, x_eval[view], y_eval),
-            "params": model.count_params(),
-            "seconds": round(time.perf_counter() - start, 1),
-        })
+    def done(name, model, view, history, start):
+        by_view[view][name] = model
+        histories[name] = history
+        seconds[name] = time.perf_counter() - start
 
     start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     teacher = teacher_model()
-    fit(teacher, x_train["pixels"], y_train, teacher_epochs)
-    row("teacher: CNN on pixels", teacher, "pixels", start)
+    history = fit(teacher, x_train["pixels"], y_train, teacher_epochs)
+    done("teacher: CNN on pixels", teacher, "pixels", history, start)
     # The teacher reads the pixels of each sample, its students another view.
     for view in views:
         dim = x_train[view].shape[-1]
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
         student = student_model(view, dim)
-        fit(student, x_train[view], y_train, epochs)
-        row(f"{TITLES[view]} MLP, labels only", student, view, start)
+        history = fit(student, x_train[view], y_train, epochs)
+        done(f"{TITLES[view]} MLP, labels only", student, view, history, start)
         for temperature, student_loss_weight in settings:
             start = time.perf_counter()
             keras.utils.set_random_seed(seed)
@@ -238,12 +239,20 @@ def run(seed=0, epochs=60, teacher_epochs=30, settings=((2.0, 0.5),),
                 student_loss_weight=student_loss_weight,
             )
             # Fed every view; the student sees its own alone.
-            fit(distiller, x_train, y_train, epochs)
+            history = fit(distiller, x_train, y_train, epochs)
             name = f"{TITLES[view]} MLP + KD from pixels"
             if len(settings) > 1:
                 name += f" (T={temperature:g}, labels {student_loss_weight:g})"
-            row(name, student, view, start)
-    return rows
+            done(name, student, view, history, start)
+    return [
+        row
+        for view, models in by_view.items()
+        for row in report_rows(
+            models, x_eval[view], y_eval, seconds,
+            {name: histories[name] for name in models},
+            report_path and os.path.join(report_path, view),
+        )
+    ]
 
 
 def print_gains(runs):
@@ -275,6 +284,9 @@ def main():
                         "0.1, 0.5 on a validation split of the training half")
     parser.add_argument("--quick", action="store_true",
                         help="seed 0, 2 teacher and 3 student epochs: a smoke run")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write keras_distill.report's tables and plots "
+                        "of each seed to DIR/seed_<seed>/<view>")
     args = parser.parse_args()
     if args.tune:
         settings = [(t, w) for t in (2.0, 4.0, 8.0) for w in (0.1, 0.5)]
@@ -289,6 +301,7 @@ def main():
             views=args.views,
             validation=args.tune,
             split_seed=args.split_seed,
+            report_path=args.report and os.path.join(args.report, f"seed_{seed}"),
         )
         for seed in ([0] if args.quick else args.seeds)
     ]

@@ -205,7 +205,9 @@ def _plot_training(pyplot, histories, filename):
                 if values and all(math.isfinite(v) for v in values):
                     epochs = range(1, len(values) + 1)
                     label = name if key == curve else f"{name} (validation)"
-                    axis.plot(epochs, values, style, label=label)
+                    # A marker, so that a one-epoch run shows as a point.
+                    axis.plot(epochs, values, style, label=label,
+                              marker="o" if len(values) == 1 else None)
         axis.set_title(curve)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)

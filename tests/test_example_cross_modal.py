@@ -83,12 +83,19 @@ def test_load_keeps_the_test_half_out_of_training_and_validation():
 
 
 @pytest.mark.slow
-def test_cross_modal_quick_mode_prints_its_table():
+def test_cross_modal_quick_mode_prints_its_table_and_reports_each_view(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, "uci_cross_modal.py"), "--quick"],
+        [sys.executable, os.path.join(EXAMPLES, "uci_cross_modal.py"), "--quick",
+         "--report", str(tmp_path)],
         capture_output=True, text=True, check=True,
     )
     for row in ("teacher: CNN on pixels", "Fourier MLP, labels only",
                 "Fourier MLP + KD from pixels", "Zernike MLP + KD from pixels"):
         assert row in result.stdout, result.stdout
     assert "UCI Multiple Features test accuracy" in result.stdout
+    # Each view's models are measured on that view's test inputs.
+    for view, row in (("pixels", "teacher: CNN on pixels"),
+                      ("fourier", "Fourier MLP + KD from pixels"),
+                      ("zernike", "Zernike MLP, labels only")):
+        with open(tmp_path / "seed_0" / view / "report.md") as f:
+            assert f"| {row} |" in f.read()

@@ -1,6 +1,5 @@
 """The examples run end to end: quick modes here, the real runs marked slow."""
 
-import json
 import os
 import subprocess
 import sys
@@ -50,13 +49,29 @@ def test_jitter_shifts_each_image_within_two_pixels():
 
 
 @pytest.mark.slow
-def test_mnist_distilled_student_makes_fewer_errors_than_scratch():
-    """Hinton et al. 2015, section 3, with a short schedule, at T=4."""
-    teacher, scratch, distilled = mnist_hinton.run(temperatures=(4.0,))
-    print(teacher, scratch, distilled)
-    assert teacher["errors"] < scratch["errors"]
-    assert distilled["errors"] < scratch["errors"]
-    assert distilled["params"] == scratch["params"] < teacher["params"]
+def test_mnist_distilled_student_makes_fewer_errors_than_scratch(tmp_path):
+    """Hinton et al. 2015, section 3, at T=4, on a short schedule (10,000
+    images, teacher 15 epochs, students 10), run as a script that also
+    writes its report. Seed 0 measured 41-62 fewer errors distilled than
+    from scratch on the three backends."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "mnist_hinton.py"),
+         "--train-size", "10000", "--teacher-epochs", "15", "--epochs", "10",
+         "--temperatures", "4", "--report", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )
+    rows = {}
+    for line in result.stdout.splitlines():
+        for name in ("teacher 2x1200", "student 2x800, labels", "student, KD T=4"):
+            if line.startswith(name + " "):
+                errors, params, _ = line[len(name):].split()
+                rows[name] = (int(errors), int(params))
+    assert len(rows) == 3, result.stdout
+    teacher, scratch, distilled = rows.values()
+    assert teacher[0] < scratch[0], result.stdout
+    assert distilled[0] < scratch[0], result.stdout
+    assert distilled[1] == scratch[1] < teacher[1]
+    assert {"report.md", "models.png", "training.png"} <= set(os.listdir(tmp_path))
 
 
 @pytest.mark.slow
@@ -71,29 +86,6 @@ def test_fit_with_jit_compile():
     )
     history = distiller.fit(x, y, epochs=4, batch_size=32, verbose=0).history
     assert history["kd"][-1] < history["kd"][0]
-
-
-@pytest.mark.slow
-def test_mnist_script_prints_its_table():
-    result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, "mnist_hinton.py"), "--quick"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "student, KD T=4" in result.stdout, result.stdout
-
-
-@pytest.mark.slow
-def test_feature_distillation_benchmark_prints_its_ratio():
-    script = os.path.join(
-        os.path.dirname(EXAMPLES), "benchmarks", "feature_distillation.py"
-    )
-    result = subprocess.run(
-        [sys.executable, script, "--steps", "3", "--repeats", "1"],
-        capture_output=True, text=True, check=True,
-    )
-    report = json.loads(result.stdout)
-    assert report["backend"] == keras.backend.backend()
-    assert report["ratio_ours_over_keras"] > 0
 
 
 def test_migration_reference_kd_is_hintons_formula():
