@@ -13,9 +13,10 @@ mean distance of RKD, the row norms of SP, PKT's conditional probabilities,
 ...) are taken over the samples of nonzero weight, so a sample of weight 0
 takes no part at all.
 
-Memory: the pairwise terms hold a few `(B, B)` matrices; the RKD angle term
-holds the `(B, B, D)` differences and the `(B, B, B)` angles, about
-`4 * B^2 * (D + B)` bytes for each such tensor: 100 MiB at B = 256, D = 128.
+Memory: the pairwise terms hold a few `(B, B)` matrices, computed from the
+Gram matrix of the features; the RKD angle term also holds a few
+`(B, B, B)` tensors of the angles, `4 * B^3` bytes each: 64 MiB at
+B = 256.
 """
 
 import math
@@ -26,6 +27,9 @@ from keras import ops
 from keras_distill.losses.base import DistillationLoss
 
 _EPS = 1e-12
+# RKD angles: rows whose squared distance is below this share of
+# |x_i|^2 + |x_j|^2 (centred) count as coincident (see `rkd_angle`).
+_COINCIDENT = 1e-5
 
 
 def _flat(x):
@@ -113,7 +117,12 @@ def rkd_angle(teacher, student, sample_weight=None):
     For distinct `i, j, k`, the cosine of the angle at `x_j` between
     `x_i - x_j` and `x_k - x_j`; the loss averages `huber(cos_s - cos_t)`
     over those triplets. Translating or scaling embeddings leaves it
-    unchanged. Memory grows as `B^2 * (D + B)` (see the module docstring).
+    unchanged. The cosines come from the `(B, B)` Gram matrix of the
+    centred embeddings; in float32 it gives a squared distance to about
+    `1e-7 (|x_i|^2 + |x_j|^2)`, so two samples closer than
+    `sqrt(1e-5 (|x_i|^2 + |x_j|^2))` count as coincident: no direction
+    leads from one to the other (cosine 0), as for equal samples. Work and
+    memory grow as `B^2 * D + B^3`.
 
     Args:
         teacher: teacher embeddings `(B, D_t)`.
@@ -130,8 +139,23 @@ def rkd_angle(teacher, student, sample_weight=None):
     w = _weights(t, sample_weight)
 
     def cosines(x):
-        directions = _l2_normalize(x[None, :, :] - x[:, None, :])  # [j, i]
-        return ops.einsum("jid,jkd->jik", directions, directions)
+        # Dot products and lengths from the Gram matrix G of the centred
+        # rows, <x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj and
+        # |x_i - x_j|^2 = G_ii + G_jj - 2 G_ij, so that neither B^3 * D
+        # products nor the (B, B, D) differences are formed.
+        x = x - ops.mean(x, axis=0, keepdims=True)
+        gram = ops.matmul(x, ops.transpose(x))
+        norms = ops.diagonal(gram)
+        scale = norms[:, None] + norms[None, :]
+        squared = scale - 2.0 * gram  # [j, i]
+        apart = ops.greater(squared, _COINCIDENT * scale)
+        inverse = ops.where(
+            apart, 1.0 / ops.sqrt(ops.where(apart, squared, 1.0)), 0.0
+        )
+        dots = (gram[None, :, :] - gram[:, :, None] - gram[:, None, :]
+                + norms[:, None, None])  # [j, i, k]
+        cosines = dots * inverse[:, :, None] * inverse[:, None, :]
+        return ops.clip(cosines, -1.0, 1.0)
 
     distinct = _off_diagonal(t)
     triplets = distinct[:, :, None] * distinct[:, None, :] * distinct[None, :, :]

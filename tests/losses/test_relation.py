@@ -180,3 +180,32 @@ def test_distiller_lowers_the_loss_between_embeddings_of_other_widths(loss):
 
     restored = type(loss).from_config(loss.get_config())
     assert restored.get_config() == loss.get_config()
+
+
+
+
+def test_rkd_angle_is_accurate_far_from_the_origin_and_near_duplicates():
+    """The angles come from a Gram matrix: checked against the float64
+    reference on features far from the origin (as ReLU activations are),
+    with two rows 0.05 apart; rows equal, or closer than the resolution of
+    a float32 Gram matrix (here 1e-4 apart), have no direction between
+    them."""
+    rng = np.random.default_rng(3)
+    t = (50.0 + rng.normal(size=(12, 40))).astype("float32")
+    s = (50.0 + rng.normal(size=(12, 20))).astype("float32")
+    s[1] = s[0] + 0.05 * rng.normal(size=20).astype("float32")
+    assert_close(rkd_angle(t, s), ref_rkd_angle(t, s), rtol=1e-4)
+
+    # Rows 0 and 1 (nearly) equal in both models. A triplet holding both
+    # then has the same cosine in both (0: no direction between them, or
+    # 1: the same direction twice), so its term is 0. A triplet holding
+    # row 1 but not row 0 equals its twin with row 0, so the sum of the
+    # terms is twice that over the triplets without row 1, less that over
+    # those without rows 0 and 1.
+    without_1 = ref_rkd_angle(t[[0, *range(2, 12)]], s[[0, *range(2, 12)]])
+    without_both = ref_rkd_angle(t[2:], s[2:])
+    total = 2 * without_1 * 11 * 10 * 9 - without_both * 10 * 9 * 8
+    for gap in (0.0, 1e-4):
+        t[1] = t[0] + gap * rng.normal(size=40).astype("float32")
+        s[1] = s[0] + gap * rng.normal(size=20).astype("float32")
+        assert_close(rkd_angle(t, s), total / (12 * 11 * 10), rtol=1e-4)
