@@ -1,0 +1,53 @@
+"""The speed benchmark runs end to end (tiny sizes: the numbers are not checked)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "speed.py"
+)
+
+
+def run(*args):
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_speed_benchmark_prints_every_variant_ratio_and_target():
+    report = run("--steps", "2", "--repeats", "1", "--no-memory")
+    assert report["backend"] == keras.backend.backend()
+    assert report["versions"]["keras"] == keras.__version__
+    assert set(report["cases"]) == {"mnist_mlp", "fashion_cnn"}
+    for case in report["cases"].values():
+        assert set(case["step_ms"]) == {
+            "plain", "plain_with_teacher", "keras_logits", "ours_kd",
+            "keras_feature", "ours_feature", "ours_fitnet_kd", "ours_relation",
+            "ours_precomputed",
+        }
+        assert all(t > 0 for t in case["step_ms"].values())
+        assert set(case["targets"]) == {
+            "logits_ours_over_keras", "feature_ours_over_keras",
+            "precomputed_over_plain", "overhead_beyond_teacher_over_plain",
+        }
+        for target in case["targets"].values():
+            assert target["met"] == (target["value"] <= target["at_most"])
+        assert case["ratios"]["logits_ours_over_keras"] == pytest.approx(
+            case["step_ms"]["ours_kd"] / case["step_ms"]["keras_logits"], abs=2e-3
+        )
+        assert case["params"]["teacher"] > case["params"]["student"] > 0
+        assert "memory_mb" not in case
+
+
+@pytest.mark.slow
+def test_memory_probe_reports_the_peak_of_one_variant():
+    memory = run("--case", "mnist_mlp", "--steps", "2",
+                 "--memory-probe", "ours_fitnet_kd")
+    assert memory["peak_rss_mb"] > memory["training_growth_mb"] >= 0
