@@ -29,9 +29,10 @@ steps (data handling included): noise only adds time, and on a shared
 targets use these; the median epoch is reported beside them.
 
 Peak memory is measured per variant in a fresh process (`--no-memory`
-skips it): the process's peak resident set after a warm-up and one epoch,
-and that peak's growth over the process before training (the models and
-data were built already).
+skips it; Linux only): the largest resident set, sampled every 2 ms, over
+a warm-up epoch (with tracing and compilation) and one more epoch, and its
+growth over the resident set just before training (the models and data
+were built already).
 
 Cases (`--case`, both by default):
 
@@ -59,10 +60,10 @@ import importlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -212,9 +213,32 @@ def frozen(teacher):
     return teacher
 
 
-def peak_rss_mb():
-    """This process's peak resident set so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class ResidentSetSampler:
+    """Samples this process's resident set (Linux `/proc/self/statm`) every
+    2 ms in a thread, keeping the largest; a context manager."""
+
+    def __init__(self):
+        self.page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self.peak_mb = self.current_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def current_mb(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page_mb
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.current_mb())
 
 
 def memory_of(case_name, variant, args):
@@ -236,12 +260,13 @@ def probe_memory(case_name, variant, args, jit):
     outputs = precompute(teacher, case["x"]) if variant == "ours_precomputed" else {}
     model, x = build(variant, case, teacher, outputs)
     model.compile(optimizer="adam", loss=SCCE, jit_compile=jit)
-    before = peak_rss_mb()
-    for _ in range(2):  # a warm-up and a measured epoch
-        model.fit(x, case["y"], batch_size=args.batch_size, epochs=1, verbose=0)
-    peak = peak_rss_mb()
-    print(json.dumps({"peak_rss_mb": round(peak, 1),
-                      "training_growth_mb": round(peak - before, 1)}))
+    gc.collect()
+    with ResidentSetSampler() as sampler:
+        before = sampler.peak_mb
+        for _ in range(2):  # a warm-up (with compilation) and one epoch
+            model.fit(x, case["y"], batch_size=args.batch_size, epochs=1, verbose=0)
+    print(json.dumps({"peak_rss_mb": round(sampler.peak_mb, 1),
+                      "training_growth_mb": round(sampler.peak_mb - before, 1)}))
 
 
 def time_case(case_name, args, jit):
