@@ -163,7 +163,7 @@ class StudentWithTeacherPass(keras.Model):
 
 
 def build(variant, case, teacher, outputs):
-    """The compiled model of `variant` and the data it is fitted on."""
+    """The model of `variant` (not yet compiled) and the data it is fitted on."""
     student = case["student"]()
     x = case["x"]
     weights = dict(student_loss_weight=STUDENT_LOSS_WEIGHT)
