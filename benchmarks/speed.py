@@ -51,7 +51,8 @@ whether this run met them, the one-off `precompute` time and when it pays
 for itself, and the peak memory; the backend, versions and settings.
 
 Run: `KERAS_BACKEND=jax python benchmarks/speed.py` (`--steps 2 --repeats 1
---no-memory` for a tiny run).
+--no-memory` for a tiny run). On a GPU: `--dtype-policy mixed_bfloat16
+--jit-compile true` (the memory measured is still the host's resident set).
 """
 
 import argparse
@@ -246,7 +247,8 @@ def memory_of(case_name, variant, args):
     result = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--case", case_name,
          "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-         "--jit-compile", args.jit_compile, "--memory-probe", variant],
+         "--jit-compile", args.jit_compile, "--memory-probe", variant,
+         *(["--dtype-policy", args.dtype_policy] if args.dtype_policy else [])],
         capture_output=True, text=True, check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -367,6 +369,22 @@ def versions():
     }
 
 
+def devices():
+    """The devices the backend computes on, as it names them."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else ["cpu"]
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_logical_devices()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(CASES), nargs="+",
@@ -376,6 +394,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--jit-compile", default="auto",
                         help="true, false or auto (Keras's default)")
+    parser.add_argument("--dtype-policy", default=None,
+                        help="a Keras dtype policy for every model, e.g. "
+                        "mixed_bfloat16 on a GPU (default: float32)")
     parser.add_argument("--variants", choices=VARIANTS, nargs="+",
                         default=list(VARIANTS),
                         help="time these only (the ratios and targets need "
@@ -387,6 +408,8 @@ def main():
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be at least 1.")
     jit = {"true": True, "false": False}.get(args.jit_compile.lower(), "auto")
+    if args.dtype_policy:
+        keras.config.set_dtype_policy(args.dtype_policy)
     if args.memory_probe:
         probe_memory(args.case[0], args.memory_probe, args, jit)
         return
@@ -395,6 +418,8 @@ def main():
         "versions": versions(),
         "cpus": os.cpu_count(),
         "jit_compile": jit,
+        "dtype_policy": keras.config.dtype_policy().name,
+        "devices": devices(),
         "batch_size": args.batch_size,
         "steps": args.steps,
         "repeats": args.repeats,

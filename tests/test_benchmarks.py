@@ -25,6 +25,7 @@ def test_speed_benchmark_prints_every_variant_ratio_and_target():
     report = run("--steps", "2", "--repeats", "1", "--no-memory")
     assert report["backend"] == keras.backend.backend()
     assert report["versions"]["keras"] == keras.__version__
+    assert report["dtype_policy"] == "float32" and report["devices"]
     assert set(report["cases"]) == {"mnist_mlp", "fashion_cnn"}
     for case in report["cases"].values():
         assert set(case["step_ms"]) == {
