@@ -379,7 +379,8 @@ def devices():
     if backend == "torch":
         import torch
 
-        return [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else ["cpu"]
+        count = torch.cuda.device_count()
+        return [torch.cuda.get_device_name(i) for i in range(count)] or ["cpu"]
     import tensorflow as tf
 
     return [d.name for d in tf.config.list_logical_devices()]

@@ -55,3 +55,13 @@ def test_memory_probe_reports_the_peak_of_one_variant():
     # sampler that saw nothing would report no growth, as the process's
     # lifetime peak (set by loading the data) once did.
     assert memory["peak_rss_mb"] > memory["training_growth_mb"] > 1.0
+
+
+@pytest.mark.slow
+def test_dtype_policy_option_reaches_the_models():
+    """The GPU run's `--dtype-policy` sets the policy the models are built under."""
+    report = run("--case", "mnist_mlp", "--steps", "1", "--repeats", "1",
+                 "--no-memory", "--variants", "ours_kd",
+                 "--dtype-policy", "mixed_bfloat16")
+    assert report["dtype_policy"] == "mixed_bfloat16"
+    assert set(report["cases"]["mnist_mlp"]["step_ms"]) == {"plain", "ours_kd"}
