@@ -12,6 +12,7 @@ from keras_distill._keras_internals import scale_loss_for_distribution
 from keras_distill._keras_internals import unscale_loss_for_distribution
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import combined_weights
+from keras_distill.step_means import StepMeans
 from keras_distill.student_copies import FollowStudent
 from keras_distill.student_copies import StudentCopy
 from keras_distill.taps import LayerTaps
@@ -161,20 +162,15 @@ class Distiller(keras.Model):
                     self._student_taps.feature_shapes(),
                 )
 
-        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
-        self.loss_trackers = [keras.metrics.Mean(name=loss.name) for loss in losses]
-        self.distillation_loss_tracker = keras.metrics.Mean(
-            name="distillation_loss"
-        )
         # Top-1 agreement is measured on the outputs of the first loss that
         # compares the models' class predictions.
         self._agreement_index = next(
             (i for i, loss in enumerate(losses) if compares_outputs(loss)), None
         )
-        self.agreement_tracker = (
-            None
-            if self._agreement_index is None
-            else keras.metrics.Mean(name="teacher_agreement")
+        self.step_means = StepMeans(
+            ["student_loss", *(loss.name for loss in losses), "distillation_loss"]
+            + ([] if self._agreement_index is None else ["teacher_agreement"]),
+            name="distiller_logs",
         )
         self.built = True
 
@@ -190,36 +186,32 @@ class Distiller(keras.Model):
 
     # -- The teacher's variables are never trained ---------------------------
 
-    def _without_teacher(self, trainable, non_trainable):
+    def _split_off_teacher(self, variables):
+        """`variables` without the teacher's, and the teacher's among them."""
         teacher_ids = self._teacher_variable_ids
         return (
-            [v for v in trainable if id(v) not in teacher_ids],
-            non_trainable + [v for v in trainable if id(v) in teacher_ids],
+            [v for v in variables if id(v) not in teacher_ids],
+            [v for v in variables if id(v) in teacher_ids],
         )
 
+    # The trainable lists are read on every step: each walks the layers once.
     @property
     def trainable_weights(self):
-        return self._without_teacher(
-            super().trainable_weights, super().non_trainable_weights
-        )[0]
+        return self._split_off_teacher(super().trainable_weights)[0]
 
     @property
     def non_trainable_weights(self):
-        return self._without_teacher(
-            super().trainable_weights, super().non_trainable_weights
-        )[1]
+        teacher = self._split_off_teacher(super().trainable_weights)[1]
+        return super().non_trainable_weights + teacher
 
     @property
     def trainable_variables(self):
-        return self._without_teacher(
-            super().trainable_variables, super().non_trainable_variables
-        )[0]
+        return self._split_off_teacher(super().trainable_variables)[0]
 
     @property
     def non_trainable_variables(self):
-        return self._without_teacher(
-            super().trainable_variables, super().non_trainable_variables
-        )[1]
+        teacher = self._split_off_teacher(super().trainable_variables)[1]
+        return super().non_trainable_variables + teacher
 
     # -- Training ------------------------------------------------------------
 
@@ -299,10 +291,9 @@ class Distiller(keras.Model):
         if training and isinstance(self.teacher, StudentCopy):
             self.teacher.follow_step(self.student)  # e.g. a moving average
         distillation_loss = ops.zeros((), "float32")
-        for loss, weight, tracker in zip(
-            self.distillation_losses,
-            self.distillation_loss_weights,
-            self.loss_trackers,
+        values = []
+        for loss, weight in zip(
+            self.distillation_losses, self.distillation_loss_weights
         ):
             # Losses with state of their own (CRD's queues) update it only
             # in training steps.
@@ -322,14 +313,17 @@ class Distiller(keras.Model):
                     f"shape {value.shape}; a distillation loss must return a "
                     "scalar (reduce it, e.g. with keras.ops.mean)."
                 )
-            tracker.update_state(value, sample_weight=batch_size)
+            values.append(value)
             distillation_loss = distillation_loss + weight * value
 
-        self._update_agreement(teacher_outputs, y_pred, sample_weight)
-        self.student_loss_tracker.update_state(student_loss, sample_weight=batch_size)
-        self.distillation_loss_tracker.update_state(
-            distillation_loss, sample_weight=batch_size
-        )
+        # Each loss is a batch mean, weighted by the batch size in the logs.
+        values = [student_loss, *values, distillation_loss]
+        weights = [batch_size] * len(values)
+        if self._agreement_index is not None:
+            agreement, count = self._agreement(teacher_outputs, y_pred, sample_weight)
+            values.append(agreement)
+            weights.append(count)
+        self.step_means.update_state(values, weights)
         total = self.student_loss_weight * student_loss + distillation_loss
         if regularization:
             total = total + sum(regularization)
@@ -351,16 +345,18 @@ class Distiller(keras.Model):
         )
         return outputs, features
 
-    def _update_agreement(self, teacher_outputs, student_outputs, sample_weight):
-        if self._agreement_index is None:
-            return
+    def _agreement(self, teacher_outputs, student_outputs, sample_weight):
+        """The batch's top-1 agreement and the weight of the samples it averages."""
         loss = self.distillation_losses[self._agreement_index]
         teacher, student = loss.prediction_pair(teacher_outputs, student_outputs)
         agree = ops.cast(
             ops.equal(ops.argmax(teacher, -1), ops.argmax(student, -1)), "float32"
         )
         weights = combined_weights(agree, sample_weight, get_keras_mask(student))
-        self.agreement_tracker.update_state(agree, sample_weight=weights)
+        if weights is None:
+            return ops.mean(agree), ops.size(agree)
+        count = ops.sum(weights)
+        return ops.divide_no_nan(ops.sum(agree * weights), count), count
 
     def fit(
         self,
@@ -392,6 +388,21 @@ class Distiller(keras.Model):
         """`keras.Model.evaluate`, with the data checks of `fit`."""
         self._check_data(x)
         return super().evaluate(x, y, *args, **kwargs)
+
+    def _flatten_metrics_in_order(self, logs):
+        # Keras's order for the lists of `evaluate`, `train_on_batch` and
+        # `test_on_batch` puts the keys of a metric that returns a dict
+        # last and sorted. The Distiller's logs (one such metric) keep
+        # their own order, where Keras put the first of them.
+        keys = super()._flatten_metrics_in_order({key: key for key in logs})
+        keys = [keys] if isinstance(keys, str) else keys
+        ours = [key for key in self.step_means.names if key in logs]
+        if ours:
+            at = min(keys.index(key) for key in ours)
+            rest = [key for key in keys if key not in ours]
+            keys = rest[:at] + ours + rest[at:]
+        results = [logs[key] for key in keys]
+        return results[0] if len(results) == 1 else results
 
     def _check_data(self, x):
         """Lets a teacher that reads the data (Precomputed) check it first."""
@@ -505,6 +516,10 @@ def check_model(model, role):
         )
 
 
+# What the Distiller logs besides each distillation loss's value.
+_OTHER_LOGS = ("loss", "student_loss", "distillation_loss", "teacher_agreement")
+
+
 def _loss_list(distillation_losses):
     if distillation_losses is None:
         raise ValueError(
@@ -530,6 +545,13 @@ def _loss_list(distillation_losses):
                 "the student's own loss goes to compile(loss=...)."
             )
     names = [loss.name for loss in losses]
+    taken = sorted(set(names) & set(_OTHER_LOGS))
+    if taken:
+        raise ValueError(
+            f"A distillation loss is named {taken[0]!r}, which the Distiller "
+            f"logs already ({', '.join(_OTHER_LOGS)}); give it another "
+            "`name=`, e.g. KD(name='kd_logits')."
+        )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(

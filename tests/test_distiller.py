@@ -178,6 +178,41 @@ def test_class_weight_and_sample_weight_reach_the_distillation_loss():
     )
 
 
+def test_epoch_logs_weigh_each_batch_by_its_size_and_keep_their_order():
+    x, y = classification_data(64)
+    distiller = make_distiller([KD(temperature=2.0), DKD()])
+    distiller.compile(loss=SCCE, metrics=["accuracy"])
+    # Batches of 48 and 16: each term's epoch value is the mean over the
+    # samples, not over the batches.
+    results = distiller.evaluate(x, y, batch_size=48, verbose=0)
+    t = distiller.teacher.predict(x, verbose=0).astype("float64")
+    s = distiller.student.predict(x, verbose=0).astype("float64")
+
+    def per_batch_means(values):
+        means = np.array([values[:48].mean(), values[48:].mean()])
+        return (means * [48, 16]).sum() / 64
+
+    kd = per_batch_means(np_kd(t, s, 2.0))
+    student_loss = per_batch_means(np_scce(s, y))
+    agreement = (t.argmax(-1) == s.argmax(-1)).mean()
+    # The list of `evaluate` comes in the order of the logs.
+    names = ["loss", "accuracy", "student_loss", "kd", "dkd",
+             "distillation_loss", "teacher_agreement"]
+    assert len(results) == len(names)
+    logs = dict(zip(names, results))
+    np.testing.assert_allclose(logs["kd"], kd, rtol=1e-4)
+    np.testing.assert_allclose(logs["student_loss"], student_loss, rtol=1e-4)
+    np.testing.assert_allclose(logs["teacher_agreement"], agreement, rtol=1e-6)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], 0.5 * (logs["kd"] + logs["dkd"]), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        logs["loss"], 0.5 * student_loss + logs["distillation_loss"], rtol=1e-4
+    )
+    listed = dict(zip(names, distiller.test_on_batch(x, y)))
+    assert listed == pytest.approx(distiller.test_on_batch(x, y, return_dict=True))
+
+
 def sequence_model(width, name, vocab=12, classes=5):
     return keras.Sequential(
         [
@@ -431,6 +466,8 @@ def test_weights_must_match_the_losses():
         make_distiller(KD(), student_loss_weight=2.0)
     with pytest.raises(ValueError, match="distinct `name=`"):
         make_distiller([KD(), KD()])
+    with pytest.raises(ValueError, match="named 'student_loss', which the Distiller"):
+        make_distiller(KD(name="student_loss"))
 
 
 def test_losses_must_be_distillation_losses():
