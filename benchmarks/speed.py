@@ -52,7 +52,8 @@ Cases (`--case`, both by default):
 
 Prints one JSON object: per case, each variant's step time, the ratios
 (ours over `keras.distillation`, ours over `plain`), the targets and
-whether this run met them, the one-off `precompute` time and when it pays
+whether this run met them, the costs of the teacher's pass and of the KD
+loss, the one-off `precompute` time and when it pays
 for itself, and the peak memory; the backend, versions and settings.
 
 Run: `KERAS_BACKEND=jax python benchmarks/speed.py` (`--steps 2 --repeats 1
