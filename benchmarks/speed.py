@@ -53,8 +53,8 @@ Cases (`--case`, both by default):
 Prints one JSON object: per case, each variant's step time, the ratios
 (ours over `keras.distillation`, ours over `plain`), the targets and
 whether this run met them, the costs of the teacher's pass and of the KD
-loss, the one-off `precompute` time and when it pays
-for itself, and the peak memory; the backend, versions and settings.
+loss, the one-off `precompute` time and when it pays for itself, and the
+peak memory; the backend, versions and settings.
 
 Run: `KERAS_BACKEND=jax python benchmarks/speed.py` (`--steps 2 --repeats 1
 --no-memory` for a tiny run). On a GPU: `--dtype-policy mixed_bfloat16
@@ -93,8 +93,9 @@ SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 TEMPERATURE = 4.0
 STUDENT_LOSS_WEIGHT = 0.5
 VARIANTS = (
-    "plain", "plain_with_teacher", "minimal_kd", "keras_logits", "ours_kd", "keras_feature",
-    "ours_feature", "ours_fitnet_kd", "ours_relation", "ours_precomputed",
+    "plain", "plain_with_teacher", "minimal_kd", "keras_logits", "ours_kd",
+    "keras_feature", "ours_feature", "ours_fitnet_kd", "ours_relation",
+    "ours_precomputed",
 )
 # name: (numerator, denominator, the largest value the target allows)
 TARGETS = {

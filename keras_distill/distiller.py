@@ -318,7 +318,7 @@ class Distiller(keras.Model):
 
         # Each loss is a batch mean, weighted by the batch size in the logs.
         values = [student_loss, *values, distillation_loss]
-        weights = [batch_size] * len(values)
+        weights = [ops.cast(batch_size, "float32")] * len(values)
         if self._agreement_index is not None:
             agreement, count = self._agreement(teacher_outputs, y_pred, sample_weight)
             values.append(agreement)
