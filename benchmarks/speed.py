@@ -222,18 +222,18 @@ def build(variant, case, teacher, outputs):
         )
     elif variant == "ours_precomputed":
         model = keras_distill.Distiller(
-            Precomputed(), student, KD(TEMPERATURE),
+            Precomputed(), student, KD(temperature=TEMPERATURE),
             distillation_loss_weights=[1 - STUDENT_LOSS_WEIGHT], **weights,
         )
         x = {"inputs": x, **outputs}
     else:
-        losses = [KD(TEMPERATURE)]
+        losses = [KD(temperature=TEMPERATURE)]
         if variant == "ours_fitnet_kd":
             losses.append(FitNet(*case["hint"]))
         elif variant == "ours_relation":
             teacher_layer, student_layer = case["embedding"]
-            losses.append(RKD(teacher_layer=teacher_layer,
-                              student_layer=student_layer))
+            losses.append(RKD(teacher_layer,
+                              student_layer))
         model = keras_distill.Distiller(
             teacher, student, losses,
             distillation_loss_weights=[1 - STUDENT_LOSS_WEIGHT] * len(losses),

@@ -2,6 +2,7 @@
 
 from keras_distill import callbacks
 from keras_distill import losses
+from keras_distill import sources
 from keras_distill import teachers
 from keras_distill.born_again import born_again
 from keras_distill.distiller import Distiller
@@ -23,5 +24,6 @@ __all__ = [
     "callbacks",
     "losses",
     "report",
+    "sources",
     "teachers",
 ]

@@ -1,17 +1,23 @@
-"""The one place where keras-distill reaches into Keras's private modules.
+"""The one place where keras-distill reaches into Keras's private API.
 
 Rules: everything else in the package uses the public `keras` and `keras.ops`
-API only. When Keras exposes a public equivalent of something here, switch to
-it and delete the private import. Each helper falls back to a behaviour that
-is correct for tensors Keras has not annotated.
+API only, and touches no private attribute of an object it does not own
+(`tests/test_internals.py` enforces both). Each helper here has a contract
+test in that file, so that a Keras release that changes what it relies on
+fails there, by name. When Keras exposes a public equivalent of something
+here, switch to it and delete the private use.
 """
 
+import functools
+
+import keras
 from keras import ops
 
 try:  # Keras 3.x keeps padding masks as a tensor attribute (a side table on JAX).
     from keras.src.backend.common.masking import get_keras_mask as _get_mask
+    from keras.src.backend.common.masking import set_keras_mask as _set_mask
 except ImportError:  # pragma: no cover - depends on the installed Keras
-    _get_mask = None
+    _get_mask = _set_mask = None
 
 
 def get_keras_mask(x):
@@ -29,6 +35,14 @@ def get_keras_mask(x):
     return _get_mask(x)
 
 
+def set_keras_mask(x, mask):
+    """Attaches the padding `mask` to tensor `x`, as a Keras layer would."""
+    if _set_mask is None:  # pragma: no cover
+        x._keras_mask = mask
+    else:
+        _set_mask(x, mask)
+
+
 def child_layers(layer):
     """The layers directly inside `layer` (a model or a composite layer).
 
@@ -39,10 +53,68 @@ def child_layers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def set_untracked(obj, name, value):
+    """Sets `obj.name = value` past Keras's attribute tracking.
+
+    A layer's `__setattr__` turns lists and dicts into tracked containers
+    and collects layers and variables; per-thread state, structures that
+    must keep their type and references that must not become sublayers are
+    set this way.
+    """
+    object.__setattr__(obj, name, value)
+
+
+# -- How a layer call runs -----------------------------------------------
+#
+# `Operation.__call__` runs a layer's `call`, or its `quantized_call` once
+# `layer.quantize(...)` has set a quantization mode; under a `RematScope`
+# it first passes that method through `rematerialized_call`, which returns
+# it wrapped in the backend's rematerialisation (`jax.checkpoint`,
+# `tf.recompute_grad`, `torch.utils.checkpoint`) or unchanged. Taps wrap
+# these instance methods once, per layer, to see what the layer returns.
+
+LAYER_CALL_METHODS = ("call", "quantized_call")
+REMAT_METHOD = "rematerialized_call"
+
 # `MultiHeadAttention._compute_attention` is the documented hook for custom
-# attention ("Users can override this function"); shadowing it per instance
-# is how taps read the attention probabilities.
+# attention ("Users can override this function"); taps wrap it per instance
+# to read the attention probabilities.
 ATTENTION_METHOD = "_compute_attention"
+
+_HOOK = "_keras_distill_hook"
+
+
+def install_method_hook(layer, name, make_hook):
+    """Wraps `layer.<name>` once, for this instance only.
+
+    Args:
+        layer: a Keras layer.
+        name: the name of one of its methods.
+        make_hook: `make_hook(original) -> callable`, given the bound
+            method as it is; its result replaces the method on `layer`.
+
+    Returns:
+        `True` if the hook was installed, `False` if `layer` had one
+        already (hooks are installed once and stay, doing nothing while
+        no tap records).
+    """
+    if getattr(vars(layer).get(name), _HOOK, False):
+        return False
+    original = getattr(layer, name)
+    hook = functools.wraps(original)(make_hook(original))
+    setattr(hook, _HOOK, True)
+    vars(layer)[name] = hook
+    return True
+
+
+def is_rematerialized(layer):
+    """Whether `layer` was built under a `keras.RematScope` (with a mode)."""
+    return bool(getattr(layer, "_remat_mode", None))
+
+
+def has_method_hook(layer, name):
+    """Whether `install_method_hook` wrapped `layer.<name>`."""
+    return getattr(vars(layer).get(name), _HOOK, False)
 
 
 def check_attention_scores_available(layer, path, role):
@@ -57,11 +129,12 @@ def check_attention_scores_available(layer, path, role):
         )
 
 
-def attention_scores_call(compute_attention, record):
+def attention_scores_call(compute_attention, wanted, record):
     """Wraps a `_compute_attention` so that it also records its scores.
 
     Args:
         compute_attention: the layer's bound `_compute_attention`.
+        wanted: `wanted()` says whether a tap records this call.
         record: called with the attention probabilities `(B, N, T, S)` and
             the boolean mask the layer applied (broadcastable to
             `(B, T, S)`), or `None` when it applied none.
@@ -85,16 +158,101 @@ def attention_scores_call(compute_attention, record):
     ):
         args = (query, key, value, attention_mask, training)
         output, scores = compute_attention(*args, return_attention_scores, **kwargs)
-        if scores is None:
-            _, scores = compute_attention(*args, True, **kwargs)
+        if not wanted():
+            return output, scores
+        probabilities = scores
+        if probabilities is None:
+            _, probabilities = compute_attention(*args, True, **kwargs)
         mask = attention_mask
         if kwargs.get("use_causal_mask") and mask is None:
             length_q, length_k = ops.shape(query)[1], ops.shape(key)[1]
             mask = ops.cast(ops.tril(ops.ones((length_q, length_k))), "bool")
-        record(scores, mask)
+        record(probabilities, mask)
         return output, scores
 
     return recording
+
+
+# -- Training-loop details ------------------------------------------------
+
+
+def compiled_loss(model):
+    """The loss `model.compile(loss=...)` set, as Keras calls it, or `None`.
+
+    `Model.compute_loss` applies it to `(y, y_pred, sample_weight)`, with
+    Keras's handling of multi-output losses, `loss_weights` and masks.
+    """
+    return model._compile_loss
+
+
+def flatten_logs(model, logs):
+    """`logs` as the list (or single value) Keras's `evaluate` and
+    `train_on_batch` return without `return_dict`."""
+    return model._flatten_metrics_in_order(logs)
+
+
+class KeepsLogOrder:
+    """Makes a model's list results keep the order of its logs.
+
+    Keras's order for the lists of `evaluate`, `train_on_batch` and
+    `test_on_batch` (`Model._flatten_metrics_in_order`) puts the keys of a
+    metric that returns a dict last and sorted. A model that logs through
+    such a metric (`StepMeans`) lists them in `step_means.names` order, where
+    Keras put the first of them.
+    """
+
+    def _flatten_metrics_in_order(self, logs):
+        keys = super()._flatten_metrics_in_order({key: key for key in logs})
+        keys = [keys] if isinstance(keys, str) else keys
+        ours = [k for k in self.step_means.names if k in logs and k != "loss"]
+        if ours:
+            at = min(keys.index(key) for key in ours)
+            rest = [key for key in keys if key not in ours]
+            keys = rest[:at] + ours + rest[at:]
+        results = [logs[key] for key in keys]
+        return results[0] if len(results) == 1 else results
+
+
+class _LoggedWithTheTerms(keras.metrics.Metric):
+    """Keras's tracker of the total loss, made idle: the model logs it itself.
+
+    Keras's `train_step` and `test_step` average the total in a
+    `keras.metrics.Mean` of their own (`Trainer._loss_tracker`). A model
+    that logs the total with its other terms, in one `StepMeans` update,
+    saves that metric's update, read and reset: 18 operations of each step
+    on PyTorch. The `loss` key comes from the model's own metric.
+    """
+
+    def __init__(self):
+        super().__init__(name="loss")
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def result(self):
+        return {}
+
+    def reset_state(self):
+        pass
+
+
+def log_total_with_terms(model):
+    """After `compile`: `model` logs its total itself (see `_LoggedWithTheTerms`)."""
+    # As `compile` sets it: not tracked, so not a metric of the model twice.
+    set_untracked(model, "_loss_tracker", _LoggedWithTheTerms())
+
+
+class NeverRematerialized:
+    """Keeps a model's own `call` out of `keras.RematScope`.
+
+    A distiller's `call` hands what its models' layers returned to
+    `compute_loss`; inside a rematerialised function those would be the
+    function's inner values (on JAX, leaked tracers). Its models' layers
+    are rematerialised as they were built.
+    """
+
+    def rematerialized_call(self, layer_call, *args, **kwargs):
+        return layer_call
 
 
 # Under `tf.distribute` (TensorFlow), each replica's gradients are summed, so
@@ -113,3 +271,4 @@ except ImportError:  # pragma: no cover - depends on the installed Keras
 
     def unscale_loss_for_distribution(value):
         return value
+

@@ -1,25 +1,37 @@
 """The `Distiller`: a `keras.Model` that trains a student from a teacher."""
 
-import math
-import numbers
 import os
+import threading
+from typing import NamedTuple
 
 import keras
 from keras import ops
 
 from keras_distill._keras_internals import get_keras_mask
-from keras_distill._keras_internals import scale_loss_for_distribution
-from keras_distill._keras_internals import unscale_loss_for_distribution
-from keras_distill.losses.base import DistillationLoss
+from keras_distill._keras_internals import set_untracked
 from keras_distill.losses.base import combined_weights
-from keras_distill.step_means import StepMeans
-from keras_distill.student_copies import FollowStudent
-from keras_distill.student_copies import StudentCopy
+from keras_distill.taps import ForwardPass
 from keras_distill.taps import LayerTaps
+from keras_distill.teachers.base import hooks_of
+from keras_distill.training import DistillationModel
+from keras_distill.training import batch_size_of
+from keras_distill.validation import check_augmentation
+from keras_distill.validation import check_model
+from keras_distill.validation import check_weight
+from keras_distill.validation import in_memory
+from keras_distill.validation import loss_list
+from keras_distill.validation import loss_weights
+
+
+class _StudentStep(NamedTuple):
+    """What `call` hands to `compute_loss`: a pass and the teacher's inputs."""
+
+    student: ForwardPass
+    teacher_inputs: object
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class Distiller(keras.Model):
+class Distiller(DistillationModel):
     """Trains a student model from a frozen teacher with `fit`.
 
     The total loss of a batch is
@@ -53,6 +65,16 @@ class Distiller(keras.Model):
     (the weighted sum), the compiled metrics of the student, and
     `teacher_agreement`: how often the student's top-1 class is the
     teacher's, on the output of the first loss that compares predictions.
+    `fit`, `evaluate`, `train_on_batch` and `test_on_batch` stop with an
+    error that names a logged term that is NaN or infinite, and a teacher
+    that updates between epochs (`Snapshot`) updates in `begin_epoch`,
+    which `fit` calls.
+
+    A step passes nothing from `call` to `compute_loss` but through the
+    student's outputs: `call` keeps the features its taps recorded with the
+    outputs they belong to, and `compute_loss` uses them only for those
+    outputs. Given other predictions (`compute_loss(x, y, y_pred)` in a
+    custom loop), it computes the student's features for `x` itself.
 
     The constructor takes the arguments of `keras.distillation.Distiller`,
     so a script written for it runs after changing its import.
@@ -107,11 +129,7 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if augmentation is not None and not callable(augmentation):
-            raise TypeError(
-                "`augmentation` must be a Keras layer or a callable applied to "
-                f"each training batch; received {augmentation!r}."
-            )
+        check_augmentation(augmentation)
         check_model(teacher, "teacher")
         check_model(student, "student")
         if teacher is student:
@@ -120,69 +138,65 @@ class Distiller(keras.Model):
                 "teacher must be a separate model (for example a trained "
                 "copy: keras.models.clone_model plus set_weights)."
             )
-        if isinstance(teacher, StudentCopy):
-            teacher.check_student(student)
-        losses = _loss_list(distillation_losses)
+        hooks = hooks_of(teacher)
+        hooks.check_student(student)
+        losses = loss_list(distillation_losses)
         check_weight(student_loss_weight, "student_loss_weight")
-        weights = _loss_weights(
-            distillation_loss_weights, len(losses), student_loss_weight
-        )
+        weights = loss_weights(distillation_loss_weights, len(losses), student_loss_weight)
 
         self.teacher = teacher
         self.student = student
         self.augmentation = augmentation
+        set_untracked(self, "_teacher_hooks", hooks)
         # The teacher is built, so its variables are fixed; the trainable
         # variable lists, read on every step, filter them out by identity.
         self._teacher_variable_ids = frozenset(id(v) for v in teacher.variables)
-        self.distillation_losses = losses
-        self.student_loss_weight = weight_variable(
-            self, "student_loss_weight", student_loss_weight
+        # Top-1 agreement is measured on the outputs of the first loss that
+        # compares the models' class predictions.
+        agreement = next((l for l in losses if l.reads_predictions()), None)
+        set_untracked(self, "_agreement_loss", agreement)
+        self._set_losses(
+            losses, weights, student_loss_weight,
+            ["student_loss", *(loss.name for loss in losses), "distillation_loss"]
+            + ([] if agreement is None else ["teacher_agreement"]),
         )
-        self.distillation_loss_weights = [
-            weight_variable(self, f"{loss.name}_weight", weight)
-            for loss, weight in zip(losses, weights)
-        ]
-        self._teacher_nonfinite = weight_variable(self, "teacher_nonfinite", 0.0)
-
         for loss in losses:
             loss.validate_model_compatibility(teacher, student)
         self._teacher_taps = LayerTaps(
-            teacher, [p for l in losses for p in l.teacher_layers()], "teacher"
+            teacher, [p for l in losses for p in l.tap_paths("teacher")], "teacher"
         )
         self._student_taps = LayerTaps(
-            student, [p for l in losses for p in l.student_layers()], "student"
+            student, [p for l in losses for p in l.tap_paths("student")], "student"
         )
-        object.__setattr__(self, "_student_features", {})
-        object.__setattr__(self, "_augmented_inputs", None)
-        self._check_symbolic_outputs()
-        for loss in losses:
-            if not loss.built:  # e.g. FitNet's connectors, sized from the taps
-                loss.build(
-                    self._teacher_taps.feature_shapes(),
-                    self._student_taps.feature_shapes(),
-                )
-
-        # Top-1 agreement is measured on the outputs of the first loss that
-        # compares the models' class predictions.
-        self._agreement_index = next(
-            (i for i, loss in enumerate(losses) if compares_outputs(loss)), None
-        )
-        self.step_means = StepMeans(
-            ["student_loss", *(loss.name for loss in losses), "distillation_loss"]
-            + ([] if self._agreement_index is None else ["teacher_agreement"]),
-            name="distiller_logs",
-        )
+        # The last student pass of each thread (`tf.distribute` runs each
+        # replica's step in a thread of its own).
+        set_untracked(self, "_steps", threading.local())
+        self._prepare_losses()
         self.built = True
 
-    def _check_symbolic_outputs(self):
-        """Runs each loss's output checks on symbolic outputs, when known."""
-        teacher_out = _symbolic_outputs(self.teacher)
-        student_out = _symbolic_outputs(self.student)
-        if teacher_out is None or student_out is None:
-            return  # subclassed models: checked when the step is traced
+    def _prepare_losses(self):
+        """Checks each loss on the models' symbolic passes, and builds it.
+
+        The passes come from Keras's shape inference: no data runs. Where a
+        model's input shape is unknown (a subclassed model built without
+        one), the checks run when the step is first traced.
+        """
+        teacher_pass = self._teacher_taps.symbolic()
+        student_pass = self._student_taps.symbolic()
         for loss in self.distillation_losses:
-            if compares_outputs(loss):
-                loss.validate_outputs(*loss.prediction_pair(teacher_out, student_out))
+            if teacher_pass is None or student_pass is None:
+                if not loss.built:
+                    raise ValueError(
+                        f"{type(loss).__name__} sizes its own layers from the "
+                        "models' shapes, which are not known: build the "
+                        "teacher and the student by calling them on a batch."
+                    )
+                continue
+            pairs = loss.read(teacher_pass, student_pass)
+            for teacher, student in pairs:
+                loss.validate_outputs(teacher, student)
+            if not loss.built:  # e.g. FitNet's connectors
+                loss.build_from_specs([t for t, _ in pairs], [s for _, s in pairs])
 
     # -- The teacher's variables are never trained ---------------------------
 
@@ -213,201 +227,135 @@ class Distiller(keras.Model):
         teacher = self._split_off_teacher(super().trainable_variables)[1]
         return super().non_trainable_variables + teacher
 
-    # -- Training ------------------------------------------------------------
-
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """Configures training; `loss` is the student's loss on the labels.
-
-        Args:
-            optimizer: the optimizer of the student (and of any trainable
-                part of the losses). Defaults to `"adam"`.
-            loss: the student's supervised loss, or a list or dict of them
-                for a multi-output student. Required unless
-                `student_loss_weight` is 0. Defaults to `None`.
-            metrics: metrics of the student's outputs against the labels.
-            **kwargs: other `keras.Model.compile` arguments
-                (`loss_weights`, `weighted_metrics`, `jit_compile`, ...).
-
-        Raises:
-            ValueError: when `loss` is missing but `student_loss_weight > 0`.
-        """
-        check_label_loss(loss, self.student_loss_weight, type(self).__name__)
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def compile_from_config(self, config):
-        """Compiles from a saved compile config (used by `load_model`)."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        self.optimizer.build(self.trainable_variables)
+    # -- The step ------------------------------------------------------------
 
     def call(self, inputs, training=None):
         """Runs the student; returns its outputs.
 
-        The outputs of the layers the losses tap are kept for `compute_loss`
-        of the same step, so the student runs once; so is the augmented
-        batch, for the teacher.
+        The features its taps recorded stay with these outputs, for
+        `compute_loss` of the same step, so the student runs once; so does
+        the augmented batch, for the teacher.
         """
-        augmented = None
+        teacher_inputs = inputs
         if training and self.augmentation is not None:
-            augmented = (
+            teacher_inputs = (
                 self.augmentation(inputs, training=True)
                 if isinstance(self.augmentation, keras.layers.Layer)
                 else self.augmentation(inputs)
             )
-            inputs = augmented
-        object.__setattr__(self, "_augmented_inputs", augmented)
-        # Teachers that read their own part of the data (CrossModal,
-        # Precomputed) say what the student sees of it.
-        if hasattr(self.teacher, "student_view"):
-            inputs = self.teacher.student_view(inputs)
-        outputs, features = self._student_taps(inputs, training=training)
-        object.__setattr__(self, "_student_features", features)
-        return outputs
+        student = self._student_taps(
+            self._teacher_hooks.student_view(teacher_inputs), training=training
+        )
+        self._steps.last = _StudentStep(student, teacher_inputs)
+        return student.outputs
+
+    def _student_step(self, x, y_pred, training):
+        """The student's pass that gave `y_pred`, and the teacher's inputs.
+
+        The pass `call` recorded, when `y_pred` holds its very outputs; for
+        other predictions, the student's features computed on `x` (and the
+        teacher sees `x` as given).
+        """
+        step = getattr(self._steps, "last", None)
+        self._steps.last = None  # used once; no tensor outlives its step
+        if step is not None and _same_tensors(step.student.outputs, y_pred):
+            return step
+        features = {}
+        if self._student_taps.paths:
+            view = self._teacher_hooks.student_view(x)
+            features = self._student_taps(view, training=training).features
+        return _StudentStep(ForwardPass(y_pred, features), x)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         if y_pred is None:
             y_pred = self(x, training=training)
-        # Kept until this step's `call` replaces them: a backend may run
-        # `compute_loss` twice on one forward pass (torch's shape inference
-        # retries on real tensors after an error).
-        student_features = self._student_features
-        batch_size = ops.shape(keras.tree.flatten(y_pred)[0])[0]
-
+        step = self._student_step(x, y_pred, training)
         # The student's terms come first, before the teacher runs, so that
         # `self.losses` holds only what the student's forward pass added.
-        # Every term is a mean over this replica's batch; the total is scaled
-        # for the replicas once, at the end (`tf.distribute` sums gradients).
-        student_loss = ops.zeros((), "float32")
-        if self._compile_loss is not None and y is not None:
-            student_loss = unscale_loss_for_distribution(
-                ops.cast(self._compile_loss(y, y_pred, sample_weight), "float32")
-            )
-        regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
+        student_loss = self.label_loss(y, y_pred, sample_weight)
+        regularization = self.regularization()
 
-        if self._augmented_inputs is not None:  # this training step's view
-            x = self._augmented_inputs
-        teacher_outputs, teacher_features = self._run_teacher(x)
-        if training and isinstance(self.teacher, StudentCopy):
-            self.teacher.follow_step(self.student)  # e.g. a moving average
-        distillation_loss = ops.zeros((), "float32")
-        values = []
-        for loss, weight in zip(
-            self.distillation_losses, self.distillation_loss_weights
-        ):
-            # Losses with state of their own (CRD's queues) update it only
-            # in training steps.
-            stateful = {"training": training} if loss.has_training_state else {}
-            value = loss.compute_loss(
-                teacher_features if loss.teacher_layers() else teacher_outputs,
-                student_features if loss.student_layers() else y_pred,
-                labels=y,
-                sample_weight=sample_weight,
-                inputs=x,
-                **stateful,
+        teacher = self._run_teacher(step.teacher_inputs)
+        if training:
+            self._teacher_hooks.update_step(self.student)  # e.g. a moving average
+        values = [
+            loss.from_passes(
+                teacher, step.student, labels=y, sample_weight=sample_weight,
+                inputs=step.teacher_inputs, training=training,
             )
-            value = ops.cast(value, "float32")
-            if len(value.shape) != 0:
-                raise ValueError(
-                    f"{type(loss).__name__}.compute_loss returned a tensor of "
-                    f"shape {value.shape}; a distillation loss must return a "
-                    "scalar (reduce it, e.g. with keras.ops.mean)."
-                )
-            values.append(value)
-            distillation_loss = distillation_loss + weight * value
+            for loss in self.distillation_losses
+        ]
+        distillation_loss = None
+        for value, weight in zip(values, self.distillation_loss_weights):
+            term = weight * value
+            distillation_loss = term if distillation_loss is None else distillation_loss + term
 
         # Each loss is a batch mean, weighted by the batch size in the logs.
-        values = [student_loss, *values, distillation_loss]
-        weights = [ops.cast(batch_size, "float32")] * len(values)
-        if self._agreement_index is not None:
-            agreement, count = self._agreement(teacher_outputs, y_pred, sample_weight)
-            values.append(agreement)
-            weights.append(count)
-        self.step_means.update_state(values, weights)
-        total = self.student_loss_weight * student_loss + distillation_loss
-        if regularization:
-            total = total + sum(regularization)
-        return scale_loss_for_distribution(total)
+        batch_size = batch_size_of(y_pred)
+        logged = [student_loss, *values, distillation_loss]
+        weights = batch_size
+        if self._agreement_loss is not None:
+            agreement, count = self._agreement(teacher, step.student, sample_weight)
+            logged.append(agreement)
+            if count is not None:
+                weights = [batch_size] * len(logged) + [count]
+        return self.finish_step(
+            student_loss, distillation_loss, regularization, logged, weights
+        )
 
     def _run_teacher(self, x):
         """One teacher pass: its outputs and tapped features, without gradient."""
-        outputs, features = self._teacher_taps(x, training=False)
-        outputs = keras.tree.map_structure(ops.stop_gradient, outputs)
-        features = keras.tree.map_structure(ops.stop_gradient, features)
-        finite = [
-            ops.all(ops.isfinite(t))
-            for t in keras.tree.flatten((outputs, features))
-            if keras.backend.is_float_dtype(t.dtype)  # not the attention masks
-        ]
-        nonfinite = 1.0 - ops.cast(ops.all(ops.stack(finite)), "float32")
-        self._teacher_nonfinite.assign(
-            ops.maximum(self._teacher_nonfinite, nonfinite)
-        )
-        return outputs, features
+        return ForwardPass(*keras.tree.map_structure(
+            ops.stop_gradient, tuple(self._teacher_taps(x, training=False))
+        ))
 
-    def _agreement(self, teacher_outputs, student_outputs, sample_weight):
-        """The batch's top-1 agreement and the weight of the samples it averages."""
-        loss = self.distillation_losses[self._agreement_index]
-        teacher, student = loss.prediction_pair(teacher_outputs, student_outputs)
+    def _agreement(self, teacher_pass, student_pass, sample_weight):
+        """The batch's top-1 agreement, and the weight of the samples it
+        averages (`None`: the batch size)."""
+        teacher, student = self._agreement_loss.prediction_pair(teacher_pass, student_pass)
         agree = ops.cast(
             ops.equal(ops.argmax(teacher, -1), ops.argmax(student, -1)), "float32"
         )
         weights = combined_weights(agree, sample_weight, get_keras_mask(student))
         if weights is None:
-            return ops.mean(agree), ops.size(agree)
+            count = None if len(agree.shape) == 1 else ops.cast(ops.size(agree), "float32")
+            return ops.mean(agree), count
         count = ops.sum(weights)
         return ops.divide_no_nan(ops.sum(agree * weights), count), count
 
-    def fit(
-        self,
-        x=None,
-        y=None,
-        batch_size=None,
-        epochs=1,
-        verbose="auto",
-        callbacks=None,
-        **kwargs,
-    ):
-        """`keras.Model.fit`, also checking that the teacher's outputs are finite.
+    # -- Checks and hooks ------------------------------------------------------
 
-        The training step sets a flag when the teacher's outputs hold NaN or
-        infinity; it is read after the first batch and at the end of each
-        epoch, and `fit` stops with a `ValueError` saying so instead of
-        training the student on garbage. With a `Snapshot` teacher, the
-        teacher takes the student's weights at the start of its epochs.
+    def check_data(self, x):
+        """Lets a teacher that reads the data (`Precomputed`) check it first."""
+        if in_memory(x):
+            self._teacher_hooks.check_data(x)
+
+    def begin_epoch(self, epoch):
+        """Lets a teacher that changes between epochs (`Snapshot`) update.
+
+        `fit` calls it before each epoch; a loop of `train_on_batch` calls
+        it at the start of each of its epochs.
+
+        Args:
+            epoch: the epoch about to start, counted from 0.
         """
-        self._check_data(x)
-        callbacks = [*(callbacks or []), _TeacherOutputCheck()]
-        if isinstance(self.teacher, StudentCopy):
-            callbacks.append(FollowStudent())
-        return super().fit(
-            x, y, batch_size, epochs, verbose, callbacks, **kwargs
+        super().begin_epoch(epoch)
+        self._teacher_hooks.update_epoch(epoch, self.student)
+
+    def updates_per_epoch(self):
+        return self._teacher_hooks.updates_per_epoch()
+
+    def non_finite_hint(self, names):
+        if any(name.removeprefix("val_") == "student_loss" for name in names):
+            return super().non_finite_hint(names)
+        return (
+            "The loss on the labels is finite, so the distillation terms are "
+            "at fault: check the teacher on a batch of the same data "
+            "(teacher.predict(x)); its weights may be corrupt, or the inputs "
+            "may need the preprocessing the teacher was trained with."
         )
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`, with the data checks of `fit`."""
-        self._check_data(x)
-        return super().evaluate(x, y, *args, **kwargs)
-
-    def _flatten_metrics_in_order(self, logs):
-        # Keras's order for the lists of `evaluate`, `train_on_batch` and
-        # `test_on_batch` puts the keys of a metric that returns a dict
-        # last and sorted. The Distiller's logs (one such metric) keep
-        # their own order, where Keras put the first of them.
-        keys = super()._flatten_metrics_in_order({key: key for key in logs})
-        keys = [keys] if isinstance(keys, str) else keys
-        ours = [key for key in self.step_means.names if key in logs]
-        if ours:
-            at = min(keys.index(key) for key in ours)
-            rest = [key for key in keys if key not in ours]
-            keys = rest[:at] + ours + rest[at:]
-        results = [logs[key] for key in keys]
-        return results[0] if len(results) == 1 else results
-
-    def _check_data(self, x):
-        """Lets a teacher that reads the data (Precomputed) check it first."""
-        if hasattr(self.teacher, "check_data") and _in_memory(x):
-            self.teacher.check_data(x)
 
     # -- Saving --------------------------------------------------------------
 
@@ -477,163 +425,7 @@ class Distiller(keras.Model):
         return cls(**config)
 
 
-class _TeacherOutputCheck(keras.callbacks.Callback):
-    """Stops `fit` with a clear error when the teacher's outputs are not finite."""
-
-    def on_train_begin(self, logs=None):
-        self.model._teacher_nonfinite.assign(0.0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == 0:
-            self._check("the first batch")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check(f"epoch {epoch + 1}")
-
-    def _check(self, when):
-        if float(self.model._teacher_nonfinite.numpy()) > 0:
-            raise ValueError(
-                f"The teacher produced NaN or infinite outputs during {when}; "
-                "distilling them would train the student on garbage. Check "
-                "the teacher on a batch of the same data (teacher.predict(x)): "
-                "its weights may be corrupt, or the inputs may need the "
-                "preprocessing the teacher was trained with."
-            )
-
-
-def check_model(model, role):
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"The {role} must be a keras.Model; received an object of type "
-            f"{type(model).__name__}. Wrap layers in keras.Sequential or a "
-            "Functional model."
-        )
-    if not model.built:
-        raise ValueError(
-            f"The {role} {model.name!r} is not built, so its weights do not "
-            f"exist yet. Build it first: call it on a batch ({role}(x)) or "
-            f"call {role}.build(input_shape)."
-        )
-
-
-# What the Distiller logs besides each distillation loss's value.
-_OTHER_LOGS = ("loss", "student_loss", "distillation_loss", "teacher_agreement")
-
-
-def _loss_list(distillation_losses):
-    if distillation_losses is None:
-        raise ValueError(
-            "distillation_losses is None; pass a distillation loss such as "
-            "keras_distill.losses.KD(temperature=4.0), or a list of them."
-        )
-    losses = (
-        list(distillation_losses)
-        if isinstance(distillation_losses, (list, tuple))
-        else [distillation_losses]
-    )
-    if not losses:
-        raise ValueError("distillation_losses is empty; pass at least one loss.")
-    for loss in losses:
-        if not isinstance(loss, DistillationLoss):
-            from keras_distill import losses as loss_module
-
-            raise TypeError(
-                f"{loss!r} is not a keras_distill distillation loss. Use one "
-                f"of keras_distill.losses ({', '.join(loss_module.CLASSES)}), "
-                "or subclass keras_distill.DistillationLoss. A Keras loss "
-                "such as 'mse' goes inside FeatureDistillation(loss='mse'); "
-                "the student's own loss goes to compile(loss=...)."
-            )
-    names = [loss.name for loss in losses]
-    taken = sorted(set(names) & set(_OTHER_LOGS))
-    if taken:
-        raise ValueError(
-            f"A distillation loss is named {taken[0]!r}, which the Distiller "
-            f"logs already ({', '.join(_OTHER_LOGS)}); give it another "
-            "`name=`, e.g. KD(name='kd_logits')."
-        )
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(
-            f"Several distillation losses are named {duplicates}; their values "
-            "are logged by name, so give each a distinct `name=`, e.g. "
-            "KD(name='kd_logits')."
-        )
-    return losses
-
-
-def weight_variable(model, name, value):
-    """A non-trainable float32 scalar of `model`, for callbacks to schedule."""
-    return model.add_weight(
-        name=name,
-        shape=(),
-        initializer=keras.initializers.Constant(float(value)),
-        trainable=False,
-        dtype="float32",
-    )
-
-
-def check_label_loss(loss, student_loss_weight, owner):
-    """Raises unless a loss on the labels is given where it has weight."""
-    weight = float(student_loss_weight.numpy())
-    if loss is None and weight > 0:
-        raise ValueError(
-            f"compile() got no `loss` on the labels, but {owner}'s "
-            f"student_loss_weight is {weight}. Pass it, e.g. compile(loss="
-            "keras.losses.SparseCategoricalCrossentropy(from_logits=True)), "
-            f"or build the {owner} with student_loss_weight=0 to train on "
-            "the distillation losses alone."
-        )
-
-
-def check_weight(value, what):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number; received {value!r}.")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number >= 0; received {value}.")
-
-
-def _loss_weights(weights, count, student_loss_weight):
-    if weights is None:
-        if student_loss_weight > 1:
-            raise ValueError(
-                f"student_loss_weight is {student_loss_weight} > 1, so the "
-                "default distillation weights (1 - student_loss_weight) would "
-                "be negative. Pass distillation_loss_weights explicitly."
-            )
-        return [1.0 - student_loss_weight] * count
-    if isinstance(weights, numbers.Real):
-        weights = [weights]
-    weights = list(weights)
-    if len(weights) != count:
-        raise ValueError(
-            f"Got {len(weights)} distillation_loss_weights for {count} "
-            "distillation_losses; give one weight per loss, in the same order."
-        )
-    for i, weight in enumerate(weights):
-        check_weight(weight, f"distillation_loss_weights[{i}]")
-    return weights
-
-
-def compares_outputs(loss):
-    """Whether `loss` compares class predictions on the models' outputs."""
-    return loss.compares_predictions and not (
-        loss.teacher_layers() or loss.student_layers()
-    )
-
-
-def _in_memory(x):
-    """Whether `x` is arrays (or a dict of them), not a dataset or generator."""
-    return x is not None and all(hasattr(a, "shape") for a in keras.tree.flatten(x))
-
-
-def _symbolic_outputs(model):
-    """The symbolic outputs of a Functional or Sequential model, else `None`."""
-    try:
-        if not model.inputs:
-            return None
-        if isinstance(model, keras.Sequential):
-            return model.outputs[0]
-        return model.output
-    except (AttributeError, ValueError):
-        return None
+def _same_tensors(a, b):
+    """Whether structures `a` and `b` hold the very same tensor objects."""
+    a, b = keras.tree.flatten(a), keras.tree.flatten(b)
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))

@@ -3,19 +3,17 @@
 import keras
 from keras import ops
 
-from keras_distill._keras_internals import scale_loss_for_distribution
-from keras_distill._keras_internals import unscale_loss_for_distribution
-from keras_distill.distiller import check_label_loss
-from keras_distill.distiller import check_model
-from keras_distill.distiller import check_weight
-from keras_distill.distiller import compares_outputs
-from keras_distill.distiller import weight_variable
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.response import KD
+from keras_distill.taps import ForwardPass
+from keras_distill.training import DistillationModel
+from keras_distill.training import batch_size_of
+from keras_distill.validation import check_model
+from keras_distill.validation import check_weight
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class MutualLearning(keras.Model):
+class MutualLearning(DistillationModel):
     """Trains several models at once, each one learning from the others.
 
     Deep Mutual Learning has no pretrained teacher: K peers learn together
@@ -103,7 +101,7 @@ class MutualLearning(keras.Model):
             )
         _check_output_shapes(models)
         loss = KD(temperature=1.0) if distillation_loss is None else distillation_loss
-        if not isinstance(loss, DistillationLoss) or not compares_outputs(loss):
+        if not isinstance(loss, DistillationLoss) or not loss.reads_predictions():
             raise TypeError(
                 "MutualLearning's distillation_loss must be a keras_distill loss"
                 " that compares the peers' outputs (KD, ReverseKL, DKD, DIST,"
@@ -114,16 +112,10 @@ class MutualLearning(keras.Model):
 
         self.peers = models
         self.peer_names = names
-        self.distillation_losses = [loss]
-        self.student_loss_weight = weight_variable(
-            self, "student_loss_weight", student_loss_weight
+        self._set_losses(
+            [loss], [distillation_loss_weight], student_loss_weight,
+            [f"{peer}_{loss.name}" for peer in names],
         )
-        self.distillation_loss_weights = [
-            weight_variable(self, f"{loss.name}_weight", distillation_loss_weight)
-        ]
-        self.loss_trackers = [
-            keras.metrics.Mean(name=f"{peer}_{loss.name}") for peer in names
-        ]
         self.built = True
 
     def call(self, inputs, training=None):
@@ -144,7 +136,6 @@ class MutualLearning(keras.Model):
             **kwargs: other `keras.Model.compile` arguments;
                 `weighted_metrics` apply to each peer like `metrics`.
         """
-        check_label_loss(loss, self.student_loss_weight, type(self).__name__)
         if "weighted_metrics" in kwargs:
             kwargs["weighted_metrics"] = self._per_peer_objects(
                 kwargs["weighted_metrics"]
@@ -184,54 +175,39 @@ class MutualLearning(keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         outputs = [y_pred[name] for name in self.peer_names]
-        batch_size = ops.shape(keras.tree.flatten(outputs[0])[0])[0]
-
-        supervised = ops.zeros((), "float32")
-        if self._compile_loss is not None and y is not None:
-            supervised = unscale_loss_for_distribution(  # see Distiller
-                ops.cast(
-                    self._compile_loss(
-                        self._per_peer(y), y_pred, self._per_peer(sample_weight)
-                    ),
-                    "float32",
-                )
-            )
-        regularization = [ops.cast(ops.sum(l), "float32") for l in self.losses]
+        supervised = self.label_loss(
+            self._per_peer(y), y_pred, self._per_peer(sample_weight)
+        )
+        regularization = self.regularization()
 
         (loss,) = self.distillation_losses
-        targets = [keras.tree.map_structure(ops.stop_gradient, o) for o in outputs]
-        distillation = ops.zeros((), "float32")
-        for k, (student, tracker) in enumerate(zip(outputs, self.loss_trackers)):
+        passes = [ForwardPass(o, {}) for o in outputs]
+        targets = [
+            ForwardPass(keras.tree.map_structure(ops.stop_gradient, o), {})
+            for o in outputs
+        ]
+        values = []
+        for k, student in enumerate(passes):
             terms = [
-                ops.cast(
-                    loss.compute_loss(
-                        target, student, labels=y, sample_weight=sample_weight,
-                        inputs=x,
-                    ),
-                    "float32",
+                loss.from_passes(
+                    target, student, labels=y, sample_weight=sample_weight,
+                    inputs=x, training=training,
                 )
                 for j, target in enumerate(targets)
                 if j != k
             ]
-            value = ops.sum(ops.stack(terms)) / len(terms)
-            tracker.update_state(value, sample_weight=batch_size)
-            distillation = distillation + value
+            values.append(ops.sum(ops.stack(terms)) / len(terms))
 
         (weight,) = self.distillation_loss_weights
-        total = self.student_loss_weight * supervised + weight * distillation
-        if regularization:
-            total = total + sum(regularization)
-        return scale_loss_for_distribution(total)
+        return self.finish_step(
+            supervised, weight * ops.sum(ops.stack(values)), regularization,
+            values, batch_size_of(outputs[0]),
+        )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(
             x, self._per_peer(y), y_pred, self._per_peer(sample_weight)
         )
-
-    def compile_from_config(self, config):
-        """Compiles from a saved compile config (used by `load_model`)."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         config = super().get_config()

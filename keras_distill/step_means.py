@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+_TINY = 1e-30
+
 
 class StepMeans(keras.metrics.Metric):
     """Weighted means of several logged scalars, kept in one metric.
@@ -54,17 +56,20 @@ class StepMeans(keras.metrics.Metric):
         Args:
             values: a list of scalars, one per name: each a mean (of a
                 batch, say).
-            weights: a list of scalars, one per name: the weight of each
-                value (the number of samples it averages, say).
+            weights: the weight of each value (the number of samples it
+                averages, say): a list with one scalar per name, or one
+                scalar for all.
         """
-        weights = ops.stack([ops.cast(w, self.dtype) for w in weights])
+        if isinstance(weights, (list, tuple)):
+            weights = ops.stack([ops.cast(w, self.dtype) for w in weights])
         values = ops.stack([ops.cast(v, self.dtype) for v in values])
         self.total.assign_add(values * weights)
         self.count.assign_add(weights)
 
     def result(self):
-        means = ops.divide_no_nan(self.total, self.count)
-        return {name: means[i] for i, name in enumerate(self.names)}
+        # A total is 0 wherever its count is: the floor only spares 0 / 0.
+        means = self.total / ops.maximum(self.count, _TINY)
+        return dict(zip(self.names, ops.unstack(means)))
 
     def get_config(self):
         return {"names": self.names, "name": self.name, "dtype": self.dtype}

@@ -29,14 +29,37 @@ def np_kl(p, q):
     return np.sum(np.where(support, p * log_ratio, 0.0), axis=-1)
 
 
-def ref_kd(teacher, student, temperature=1.0, divergence="forward"):
-    """T^2 KL(p||q), T^2 KL(q||p) or T^2 JS(p, q), per sample."""
-    p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+def np_soften_probabilities(p, temperature):
+    """Probabilities softened at `temperature`: p^(1/T), renormalised.
+
+    What softmax(logits / T) gives for any logits of p; a probability of 0
+    stays 0 at every temperature.
+    """
+    p = np.asarray(p, np.float64)
+    powered = np.where(p > 0, p, 0.0) ** (1.0 / temperature)
+    return powered / powered.sum(axis=-1, keepdims=True)
+
+
+def ref_kd(teacher, student, temperature=1.0, divergence="forward",
+           teacher_from_logits=True):
+    """T^2 KL(p||q), T^2 KL(q||p) or T^2 JS(p, q), per sample.
+
+    `teacher` holds logits (a logit of -inf is a probability of 0), or
+    probabilities with `teacher_from_logits=False`. Where the teacher gives
+    classes a probability of 0, the reverse divergence is taken on its
+    support: KL(q_S || p), q_S the student's distribution renormalised over
+    the classes where p > 0 (with full support, q_S = q).
+    """
+    if teacher_from_logits:
+        p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+    else:
+        p = np_soften_probabilities(teacher, temperature)
     q = np_softmax(np.asarray(student, np.float64) / temperature)
     if divergence == "forward":
         value = np_kl(p, q)
     elif divergence == "reverse":
-        value = np_kl(q, p)
+        q_support = np.where(p > 0, q, 0.0)
+        value = np_kl(q_support / q_support.sum(-1, keepdims=True), p)
     else:
         m = (p + q) / 2.0
         value = 0.5 * (np_kl(p, m) + np_kl(q, m))
@@ -274,7 +297,9 @@ def _np_rows(x):
 def ref_rkd_distance(teacher, student, weights=None):
     """Park et al. 2019, distance term: psi = d / mean d over pairs i != j
     (samples of weight 0 left out of the mean); Huber of the difference,
-    weighted by w_i w_j, averaged over all ordered pairs i != j."""
+    weighted by w_i w_j, summed over the ordered pairs i != j and divided
+    by B^2, the mean over all B^2 pairs (i, i adds 0) that the authors'
+    code takes (see `ref_rkd_authors_code`)."""
     t, s = _np_rows(teacher), _np_rows(student)
     b = len(t)
     w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
@@ -288,13 +313,15 @@ def ref_rkd_distance(teacher, student, weights=None):
 
     p_t, p_s = psi(t), psi(s)
     total = sum(w[i] * w[j] * _np_huber(p_s[i, j] - p_t[i, j]) for i, j in pairs)
-    return total / len(pairs)
+    return total / b**2
 
 
 def ref_rkd_angle(teacher, student, weights=None):
     """Park et al. 2019, angle term: for distinct (i, j, k), the cosine of
     the angle at x_j between x_i - x_j and x_k - x_j; Huber of the
-    difference, weighted by w_i w_j w_k, averaged over the triplets."""
+    difference, weighted by w_i w_j w_k, summed over the distinct triplets
+    and divided by B^3, the mean over all B^3 triplets (degenerate ones add
+    0) that the authors' code takes (see `ref_rkd_authors_code`)."""
     t, s = _np_rows(teacher), _np_rows(student)
     b = len(t)
     w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
@@ -311,7 +338,7 @@ def ref_rkd_angle(teacher, student, weights=None):
         w[i] * w[j] * w[k] * _np_huber(cos(s, i, j, k) - cos(t, i, j, k))
         for i, j, k in triplets
     )
-    return total / len(triplets)
+    return total / b**3
 
 
 def ref_similarity_preserving(teacher, student, weights=None):
@@ -332,7 +359,8 @@ def ref_similarity_preserving(teacher, student, weights=None):
 
 def ref_pkt(teacher, student, weights=None, eps=1e-7):
     """Passalis & Tefas 2018: P(j|i) from (cos + 1) / 2 over the samples of
-    nonzero weight; KL(P_t(.|i) || P_s(.|i)) per sample, w-weighted mean."""
+    nonzero weight; sum_i w_i KL(P_t(.|i) || P_s(.|i)) / B^2, the mean over
+    all B^2 entries that the authors' code takes (`ref_pkt_authors_code`)."""
     t, s = _np_rows(teacher), _np_rows(student)
     b = len(t)
     w = np.ones(b) if weights is None else np.asarray(weights, np.float64)
@@ -345,7 +373,53 @@ def ref_pkt(teacher, student, weights=None, eps=1e-7):
 
     p_t, p_s = conditional(t), conditional(s)
     kl = (p_t * (np.log(p_t + eps) - np.log(p_s + eps))).sum(axis=1)
-    return (w * kl).sum() / b
+    return (w * kl).sum() / b**2
+
+
+def ref_rkd_authors_code(teacher, student):
+    """(distance, angle) terms of RKD as the authors' code computes them.
+
+    A float64 NumPy transcription of `RkdDistance` and `RKdAngle` in
+    lenscloth/RKD (metric/loss.py): full `(B, B)` distance and `(B, B, B)`
+    cosine matrices, and `F.smooth_l1_loss` with its mean reduction over
+    every entry. The paper's weights, 25 and 50, were tuned on these means.
+    """
+    t, s = _np_rows(teacher), _np_rows(student)
+
+    def pdist(e, eps=1e-12):
+        squared = (e**2).sum(1)[:, None] + (e**2).sum(1)[None, :] - 2 * e @ e.T
+        d = np.sqrt(np.maximum(squared, eps))
+        d[np.arange(len(e)), np.arange(len(e))] = 0.0
+        return d
+
+    def normalised_distances(e):
+        d = pdist(e)
+        return d / d[d > 0].mean()
+
+    def angles(e):
+        differences = e[None, :, :] - e[:, None, :]  # [i, j] = e_j - e_i
+        norms = np.linalg.norm(differences, axis=2, keepdims=True)
+        unit = differences / np.maximum(norms, 1e-12)  # F.normalize
+        return np.einsum("ijd,ikd->ijk", unit, unit).reshape(-1)
+
+    distance = _np_huber(normalised_distances(s) - normalised_distances(t)).mean()
+    angle = _np_huber(angles(s) - angles(t)).mean()
+    return distance, angle
+
+
+def ref_pkt_authors_code(teacher, student, eps=1e-7):
+    """PKT as `cosine_similarity_loss` in passalis/probabilistic_kt computes
+    it: `torch.mean` of P_t log((P_t + eps) / (P_s + eps)) over the whole
+    `(B, B)` matrix, in float64 NumPy."""
+    t, s = _np_rows(teacher), _np_rows(student)
+
+    def conditional(x):
+        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
+        similarity = (x @ x.T + 1.0) / 2.0
+        return similarity / similarity.sum(axis=1, keepdims=True)
+
+    p_t, p_s = conditional(t), conditional(s)
+    return np.mean(p_t * np.log((p_t + eps) / (p_s + eps)))
 
 
 def ref_correlation_congruence(teacher, student, weights=None, gamma=0.4, order=2):

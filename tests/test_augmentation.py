@@ -53,13 +53,13 @@ def frozen_fit(distiller, x, y):
 def test_teacher_and_student_see_the_same_augmented_view():
     x, y = classification_data(64)
     teacher, student = twins()
-    shared = keras_distill.Distiller(teacher, student, KD(2.0), augmentation=Noise())
+    shared = keras_distill.Distiller(teacher, student, KD(temperature=2.0), augmentation=Noise())
     assert frozen_fit(shared, x, y)["kd"][0] == pytest.approx(0.0, abs=1e-6)
 
     # The control: noise seen by the student alone makes the twins disagree.
     teacher, student = twins()
     noisy_student = keras.Sequential([keras.Input((8,)), Noise(), student])
-    apart = keras_distill.Distiller(teacher, noisy_student, KD(2.0))
+    apart = keras_distill.Distiller(teacher, noisy_student, KD(temperature=2.0))
     assert frozen_fit(apart, x, y)["kd"][0] > 1e-3
 
 
@@ -94,7 +94,7 @@ def test_the_views_are_random_and_only_in_training():
     x, y = classification_data(64)
     teacher, student = twins()
     distiller = keras_distill.Distiller(
-        teacher, student, KD(2.0), augmentation=Noise(scale=5.0)
+        teacher, student, KD(temperature=2.0), augmentation=Noise(scale=5.0)
     )
     distiller.compile(keras.optimizers.Adam(0.01), SCCE)
     clean = distiller.evaluate(x, y, verbose=0, return_dict=True)
@@ -123,7 +123,7 @@ def test_a_preprocessing_pipeline_on_images_trains_and_saves(tmp_path):
         keras.layers.RandomFlip("horizontal", seed=2),
     ], name="augment")
     distiller = keras_distill.Distiller(
-        cnn("teacher"), cnn("student"), KD(2.0), augmentation=augmentation
+        cnn("teacher"), cnn("student"), KD(temperature=2.0), augmentation=augmentation
     )
     distiller.compile(keras.optimizers.Adam(0.01), SCCE)
     history = distiller.fit(x, y, epochs=2, batch_size=8, verbose=0).history

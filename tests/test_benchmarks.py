@@ -95,3 +95,25 @@ def test_dtype_policy_option_reaches_the_models():
                  "--dtype-policy", "mixed_bfloat16")
     assert report["dtype_policy"] == "mixed_bfloat16"
     assert set(report["cases"]["mnist_mlp"]["step_ms"]) == {"plain", "ours_kd"}
+
+
+OP_COUNT = os.path.join(os.path.dirname(SCRIPT), "op_count.py")
+
+
+@pytest.mark.slow
+def test_a_kd_step_dispatches_at_most_1_1_times_the_minimal_steps_operations():
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    result = subprocess.run(
+        [sys.executable, OP_COUNT], capture_output=True, text=True, env=env
+    )
+    if keras.backend.backend() != "torch":  # the counter is PyTorch's
+        assert result.returncode != 0 and "KERAS_BACKEND=torch" in result.stderr
+        return
+    report = json.loads(result.stdout)
+    counts = report["ops_per_step"]
+    assert counts["plain"] < counts["plain_with_teacher"] < counts["minimal_kd"]
+    assert report["ours_kd_over_minimal_kd"] == pytest.approx(
+        counts["ours_kd"] / counts["minimal_kd"], abs=1e-3
+    )
+    assert sum(report["ours_kd_by_op"].values()) == counts["ours_kd"]
+    assert report["target"]["met"], counts

@@ -9,6 +9,8 @@ import pytest
 import keras_distill
 from keras_distill.losses import DKD
 from keras_distill.losses import KD
+from keras_distill.losses import FitNet
+from keras_distill.sources import Output
 from tests.conftest import classification_data
 from tests.conftest import mlp
 from tests.reference import np_softmax
@@ -68,6 +70,77 @@ def test_evaluate_matches_an_independent_computation_of_every_term():
     np.testing.assert_allclose(logs["teacher_agreement"], agreement, rtol=1e-6)
 
 
+def test_the_logged_total_is_this_steps_loss_with_regularization():
+    x, y = classification_data(32)
+    teacher = mlp(32, name="teacher")
+    student = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(4, activation="relu", name="hidden",
+                           kernel_regularizer=keras.regularizers.L2(0.05)),
+        keras.layers.Dense(3, name="logits"),
+    ], name="student")
+    distiller = keras_distill.Distiller(
+        teacher, student, KD(temperature=2.0), student_loss_weight=0.3,
+        distillation_loss_weights=[0.6],
+    )
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCCE)
+    t = teacher.predict(x, verbose=0).astype("float64")
+    s = student.predict(x, verbose=0).astype("float64")
+    kernel = student.get_layer("hidden").get_weights()[0].astype("float64")
+    kd = np_kd(t, s, 2.0).mean()
+    student_loss = np_scce(s, y).mean()
+    expected = 0.3 * student_loss + 0.6 * kd + 0.05 * np.sum(kernel ** 2)
+    # `loss` is logged with the terms, by the Distiller's own metric.
+    assert distiller.step_means.names == [
+        "loss", "student_loss", "kd", "distillation_loss", "teacher_agreement"
+    ]
+    # The logs of a step are those of the weights it started from.
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == {"loss", "student_loss", "kd", "distillation_loss",
+                         "teacher_agreement"}
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(logs["kd"], kd, rtol=1e-4)
+    np.testing.assert_allclose(logs["student_loss"], student_loss, rtol=1e-4)
+    np.testing.assert_allclose(logs["distillation_loss"], 0.6 * kd, rtol=1e-4)
+    # The step moved the student; `evaluate` logs the total of the new weights.
+    s = student.predict(x, verbose=0).astype("float64")
+    kernel = student.get_layer("hidden").get_weights()[0].astype("float64")
+    expected = (0.3 * np_scce(s, y).mean() + 0.6 * np_kd(t, s, 2.0).mean()
+                + 0.05 * np.sum(kernel ** 2))
+    logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+
+
+class WeightedSquares(keras_distill.losses.PerSampleLoss):
+    """A custom loss: the squared logit difference, scaled by the label + 1
+    in training only, from its `LossContext`."""
+
+    def per_sample(self, context):
+        squares = keras.ops.mean((context.teacher - context.student) ** 2, -1)
+        if context.training:
+            labels = keras.ops.cast(keras.ops.reshape(context.labels, (-1,)), "float32")
+            squares = squares * (labels + 1.0)
+        return squares
+
+
+def test_a_custom_per_sample_loss_reads_its_context():
+    x, y = classification_data(32)
+    distiller = make_distiller(WeightedSquares(), student_loss_weight=0.0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0))
+    weights = np.linspace(0.5, 1.5, 32).astype("float32")
+    t = distiller.teacher.predict(x, verbose=0).astype("float64")
+    s = distiller.student.predict(x, verbose=0).astype("float64")
+    squares = ((t - s) ** 2).mean(-1)
+    # Reduced as Keras reduces: sum of weighted values over the batch size.
+    logs = distiller.evaluate(x, y, sample_weight=weights, batch_size=32,
+                              verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["weighted_squares"], (squares * weights).mean(),
+                               rtol=1e-5)
+    logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+    np.testing.assert_allclose(logs["weighted_squares"],
+                               (squares * (y + 1) * weights).mean(), rtol=1e-5)
+
+
 def test_default_distillation_weight_is_one_minus_student_weight():
     distiller = make_distiller([KD(), DKD()], student_loss_weight=0.25)
     weights = [float(w.numpy()) for w in distiller.distillation_loss_weights]
@@ -91,7 +164,19 @@ def test_teacher_never_changes_and_is_not_modified():
     )
     teacher_ids = {id(v) for v in teacher.variables}
     assert not teacher_ids & {id(v) for v in distiller.trainable_variables}
-    assert len(distiller.optimizer.variables) < 20  # no slots for the teacher
+    # KD owns no variable to train: the student's are all there is.
+    assert [id(v) for v in distiller.trainable_variables] == [
+        id(v) for v in student.trainable_variables
+    ]
+    # The optimizer holds exactly the slots of those variables: those of a
+    # fresh Adam built on them, and none for a teacher variable.
+    fresh = keras.optimizers.Adam()
+    fresh.build(student.trainable_variables)
+    used = distiller.optimizer.variables
+    assert [(v.name, tuple(v.shape)) for v in used] == [
+        (v.name, tuple(v.shape)) for v in fresh.variables
+    ]
+    assert not any("teacher" in v.name for v in used)
 
 
 class CallCounter(keras.layers.Layer):
@@ -262,7 +347,7 @@ def test_multi_output_models_distil_the_chosen_output():
     targets = {"species": y, "size": x[:, :1]}
     distiller = keras_distill.Distiller(
         two_headed(16, "teacher"), two_headed(4, "student"),
-        KD(temperature=2.0, output="species"),
+        KD(teacher=Output("species"), student=Output("species"), temperature=2.0),
     )
     distiller.compile(loss={"species": SCCE, "size": "mse"})
     history = distiller.fit(x, targets, epochs=2, verbose=0).history
@@ -272,15 +357,35 @@ def test_multi_output_models_distil_the_chosen_output():
     t = distiller.teacher.predict(x, verbose=0)["species"].astype("float64")
     s = distiller.student.predict(x, verbose=0)["species"].astype("float64")
     np.testing.assert_allclose(logs["kd"], np_kd(t, s, 2.0).mean(), rtol=1e-4)
+    agreement = (t.argmax(-1) == s.argmax(-1)).mean()
+    np.testing.assert_allclose(logs["teacher_agreement"], agreement, rtol=1e-6)
 
-    with pytest.raises(ValueError, match="pass `output=`"):
+    with pytest.raises(ValueError, match=r"say which to distil, e\.g\. "
+                       r"teacher=keras_distill\.sources\.Output\("):
         keras_distill.Distiller(
             two_headed(16, "t"), two_headed(4, "s"), KD()
         )
-    with pytest.raises(ValueError, match="available"):
+    with pytest.raises(ValueError, match=r"Output\('colour'\) names no output.*available"):
         keras_distill.Distiller(
-            two_headed(16, "t"), two_headed(4, "s"), KD(output="colour")
+            two_headed(16, "t"), two_headed(4, "s"),
+            KD(teacher=Output("colour"), student=Output("colour")),
         )
+
+
+def test_old_loss_keywords_warn_and_mean_the_new_sources():
+    with pytest.warns(DeprecationWarning, match=r"teacher=Output\('species'\)"):
+        old = KD(temperature=2.0, output="species")
+    new = KD(teacher=Output("species"), student=Output("species"), temperature=2.0)
+    assert old.get_config() == new.get_config()
+    with pytest.warns(DeprecationWarning) as record:
+        old = FitNet(teacher_layer="hidden", student_layer="hidden")
+    assert sorted(str(w.message).split(")")[0] for w in record) == [
+        "FitNet(student_layer=...", "FitNet(teacher_layer=...",
+    ]
+    assert old.get_config() == FitNet("hidden", "hidden").get_config()
+    # Hyperparameters are keywords: a positional one is taken for a source.
+    with pytest.raises(TypeError, match=r"keyword arguments, e\.g\. KD\(temperature="):
+        KD(2.0)
 
 
 def test_bfloat16_teacher_teaches_a_float32_student():
@@ -294,7 +399,7 @@ def test_bfloat16_teacher_teaches_a_float32_student():
         ]
     )
     bf16_teacher.set_weights(teacher.get_weights())
-    distiller = keras_distill.Distiller(bf16_teacher, mlp(4), KD(2.0))
+    distiller = keras_distill.Distiller(bf16_teacher, mlp(4), KD(temperature=2.0))
     distiller.compile(loss=SCCE)
     history = distiller.fit(x, y, epochs=2, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
@@ -400,15 +505,68 @@ def test_export_student_writes_the_student_alone(tmp_path):
     distiller.export_student(path, overwrite=True)
 
 
-def test_nan_teacher_outputs_stop_training_with_a_clear_error():
-    x, y = classification_data(64)
+def nan_teacher_distiller():
     distiller = make_distiller()
     weights = distiller.teacher.get_weights()
     weights[-1][:] = np.nan  # the output bias: no ReLU can hide it
     distiller.teacher.set_weights(weights)
     distiller.compile(loss=SCCE)
-    with pytest.raises(ValueError, match="teacher produced NaN"):
+    return distiller
+
+
+def non_finite_names(message):
+    """The names a non-finite error lists, as a set."""
+    assert "were NaN or infinite" in message, message
+    listed = message.split("The logged ")[1].split(" were NaN")[0]
+    return set(listed.split(", "))
+
+
+def test_nan_teacher_outputs_stop_fit_after_the_first_batch():
+    x, y = classification_data(64)
+    distiller = nan_teacher_distiller()
+    with pytest.raises(ValueError, match="during the first batch") as error:
         distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    message = str(error.value)
+    # The terms the teacher reaches; the label loss is finite, so the
+    # message points at the teacher.
+    assert non_finite_names(message) == {"loss", "kd", "distillation_loss"}
+    assert "check the teacher" in message
+    # One of the four steps ran, not the epoch.
+    assert int(distiller.optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "train_on_batch", "test_on_batch"])
+def test_nan_teacher_outputs_stop_every_entry_point(entry):
+    x, y = classification_data(32)
+    distiller = nan_teacher_distiller()
+    run = {
+        "evaluate": lambda: distiller.evaluate(x, y, batch_size=16, verbose=0),
+        "train_on_batch": lambda: distiller.train_on_batch(x, y),
+        "test_on_batch": lambda: distiller.test_on_batch(x, y),
+    }[entry]
+    with pytest.raises(ValueError, match=f"during {entry}") as error:
+        run()
+    message = str(error.value)
+    assert non_finite_names(message) == {"loss", "kd", "distillation_loss"}
+    assert "check the teacher" in message
+
+
+def test_infinite_inputs_point_at_the_data_not_the_teacher():
+    x, y = classification_data(32)
+    x[3, 0] = np.inf  # (a ReLU may turn NaN into 0 on some backends)
+    distiller = make_distiller()
+    distiller.compile(loss=SCCE)
+    with pytest.raises(ValueError, match="during train_on_batch") as error:
+        distiller.train_on_batch(x, y)
+    message = str(error.value)
+    assert "student_loss" in non_finite_names(message)
+    assert "Check the data" in message and "teacher" not in message
+    # A finite batch passes the same checks.
+    distiller = make_distiller()
+    distiller.compile(loss=SCCE)
+    x[3, 0] = 0.0
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    assert all(np.isfinite(float(v)) for v in logs.values())
 
 
 def test_keras_distillation_script_runs_after_changing_its_import():
@@ -479,19 +637,42 @@ def test_losses_must_be_distillation_losses():
         keras_distill.Distiller(mlp(16), mlp(4), None)
 
 
+class Eager(keras.Model):
+    """A subclassed classifier that builds its layers itself: its input
+    shape is not known to Keras, so no symbolic pass can be inferred."""
+
+    def __init__(self, width, classes=3, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(width, activation="relu", name="hidden")
+        self.logits = keras.layers.Dense(classes, name="logits")
+        self.hidden.build((None, 8))
+        self.logits.build((None, width))
+        self.built = True
+
+    def call(self, x):
+        return self.logits(self.hidden(x))
+
+
 def test_class_counts_must_match():
+    # Caught when the Distiller is built, from the inferred output shapes,
+    # for Sequential and subclassed models alike.
     with pytest.raises(ValueError, match="teacher gives 3 .* student 5"):
         keras_distill.Distiller(mlp(16), mlp(4, num_classes=5), KD())
-    # Subclassed models: caught when the training step is traced.
     x, y = classification_data(64)
     teacher, student = SubclassedClassifier(16), keras.Sequential(
         [keras.layers.Dense(5)]
     )
     teacher(x[:1]), student(x[:1])
-    distiller = keras_distill.Distiller(teacher, student, KD())
+    with pytest.raises(ValueError, match="teacher gives 3 .* student 5"):
+        keras_distill.Distiller(teacher, student, KD())
+    # Models whose input shape is unknown: caught when the step is traced.
+    distiller = keras_distill.Distiller(Eager(16), Eager(4, classes=5), KD())
     distiller.compile(loss=SCCE)
-    with pytest.raises(ValueError, match="teacher gives 3"):
+    with pytest.raises(ValueError, match="teacher gives 3 .* student 5"):
         distiller.fit(x, y, epochs=1, verbose=0)
+    # Which cannot size a loss's own layers before training.
+    with pytest.raises(ValueError, match="FitNet sizes its own layers"):
+        keras_distill.Distiller(Eager(16), Eager(4), FitNet("hidden", "hidden"))
 
 
 def test_compile_needs_a_loss_while_the_student_loss_counts():

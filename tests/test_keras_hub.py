@@ -40,8 +40,12 @@ def test_transformer_layer_outputs_are_tapped_in_the_forward_pass():
     taps = LayerTaps(model, ["backbone/transformer_layer_1"])
     outputs, features = taps(x)
     assert tuple(features["backbone/transformer_layer_1"].shape) == (4, 12, 16)
-    # The sequence length is dynamic in keras-hub's inputs, and so reported.
-    assert taps.feature_shapes() == {"backbone/transformer_layer_1": (None, None, 16)}
+    # Inferred without data: the sequence length is dynamic in keras-hub's
+    # inputs, and so reported.
+    symbolic = taps.symbolic()
+    assert isinstance(symbolic.features["backbone/transformer_layer_1"], keras.KerasTensor)
+    assert tuple(symbolic.features["backbone/transformer_layer_1"].shape) == (None, None, 16)
+    assert tuple(symbolic.outputs.shape) == (None, 2)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(outputs),
         keras.ops.convert_to_numpy(model(x, training=False)),
@@ -86,16 +90,21 @@ def test_tinybert_attention_and_hidden_transfer_on_keras_hub_layers():
         ["backbone/transformer_layer_0"],
         input_mask="padding_mask",
     )
-    assert loss.teacher_layers()[0] == "backbone/transformer_layer_1:attention"
-    distiller = keras_distill.Distiller(teacher, student, [KD(2.0), loss])
+    assert loss.tap_paths("teacher") == (
+        "backbone/transformer_layer_1:attention", "backbone/transformer_layer_1"
+    )
+    assert loss.tap_paths("student") == (
+        "backbone/transformer_layer_0:attention", "backbone/transformer_layer_0"
+    )
+    distiller = keras_distill.Distiller(teacher, student, [KD(temperature=2.0), loss])
     distiller.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
 
-    _, t_feat = LayerTaps(teacher, loss.teacher_layers())(x)
-    _, s_feat = LayerTaps(student, loss.student_layers())(x)
+    _, t_feat = LayerTaps(teacher, loss.tap_paths("teacher"))(x)
+    _, s_feat = LayerTaps(student, loss.tap_paths("student"))(x)
     keep = x["padding_mask"]
     per_query = ref_attention_map_loss(
         to_np(t_feat["backbone/transformer_layer_1:attention"]["scores"]),

@@ -9,6 +9,7 @@ import pytest
 
 import keras_distill
 from keras_distill.callbacks import LossWeightScheduler
+from keras_distill.callbacks import TemperatureScheduler
 from keras_distill.losses import KD
 from keras_distill.losses import FitNet
 from tests.conftest import classification_data
@@ -142,6 +143,65 @@ def test_loss_weight_scheduler_sets_the_distillation_weight():
     history = model.fit(x, y, epochs=2, verbose=0, callbacks=[schedule]).history
     assert history["kd_weight"] == [0.0, 0.25]
     assert float(model.distillation_loss_weights[0].numpy()) == 0.25
+
+
+def test_epoch_logs_weigh_each_batch_by_its_size():
+    x, y = classification_data(32)
+    models = peers(2)
+    model = compiled(models, distillation_loss=KD(temperature=2.0),
+                     student_loss_weight=0.5, distillation_loss_weight=2.0)
+    # Batches of 24 and 8: each logged value is the mean over the samples
+    # of the per-batch values, each batch weighted by its size.
+    logs = model.evaluate(x, y, batch_size=24, verbose=0, return_dict=True)
+    assert model.step_means.names == ["loss", "peer_0_kd", "peer_1_kd"]
+    outputs = [to_np(m(x)).astype("float64") for m in models]
+
+    def over_batches(values):
+        means = np.array([values[:24].mean(), values[24:].mean()])
+        return (means * [24, 8]).sum() / 32
+
+    per_batch_total = np.zeros(2)
+    for k, (student, teacher) in enumerate([outputs, outputs[::-1]]):
+        kd = ref_kd(teacher, student, temperature=2.0)
+        assert logs[f"peer_{k}_kd"] == pytest.approx(over_batches(kd), rel=1e-4)
+        ce = np_cross_entropy(student, y)
+        per_batch_total += [
+            0.5 * ce[:24].mean() + 2.0 * kd[:24].mean(),
+            0.5 * ce[24:].mean() + 2.0 * kd[24:].mean(),
+        ]
+    assert logs["loss"] == pytest.approx(
+        (per_batch_total * [24, 8]).sum() / 32, rel=1e-4
+    )
+
+
+def test_temperature_scheduler_sets_the_peers_loss_temperature():
+    x, y = classification_data(32)
+    model = compiled(peers(2), distillation_loss=KD(temperature=4.0))
+    assert model.schedulable_variables()["temperature"] == {
+        "kd": model.distillation_losses[0].schedulable_variables()["temperature"]
+    }
+    schedule = TemperatureScheduler(lambda epoch: [3.0, 1.5][epoch])
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[schedule]).history
+    assert history["temperature"] == [3.0, 1.5]
+    assert float(model.distillation_losses[0].temperature.numpy()) == 1.5
+
+
+def test_a_nan_peer_stops_training_with_a_clear_error():
+    x, y = classification_data(32)
+    models = peers(2)
+    weights = models[1].get_weights()
+    weights[-1][:] = np.nan
+    models[1].set_weights(weights)
+    model = compiled(models)
+    with pytest.raises(ValueError, match="were NaN or infinite during the first batch"):
+        model.fit(x, y, batch_size=16, verbose=0)
+    with pytest.raises(ValueError, match="during train_on_batch") as error:
+        model.train_on_batch(x, y)
+    # Every logged term the NaN peer reaches is named, the total included.
+    listed = str(error.value).split("The logged ")[1].split(" were NaN")[0]
+    assert {"loss", "peer_0_kd", "peer_1_kd"} <= set(listed.split(", "))
+    with pytest.raises(ValueError, match="during evaluate"):
+        model.evaluate(x, y, verbose=0)
 
 
 def test_save_and_load_keep_the_peers_and_the_loss(tmp_path):

@@ -22,7 +22,7 @@ def trained():
     teacher, student = mlp(32, name="teacher"), mlp(4, name="student")
     teacher.compile("adam", SCCE)
     teacher.fit(x, y, epochs=2, verbose=0)
-    distiller = keras_distill.Distiller(teacher, student, KD(2.0))
+    distiller = keras_distill.Distiller(teacher, student, KD(temperature=2.0))
     distiller.compile(keras.optimizers.Adam(0.01), SCCE)
     history = distiller.fit(x, y, epochs=3, validation_split=0.25, verbose=0)
     return x, y, teacher, student, history

@@ -2,6 +2,7 @@
 and `born_again` generations."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -128,12 +129,61 @@ def test_snapshot_takes_the_students_weights_every_n_epochs():
     assert not np.allclose(ends[3][0], ends[4][0])
 
 
+def test_snapshot_in_a_train_on_batch_loop_updates_at_begin_epoch():
+    x, y = classification_data(64)
+    student = mlp(6, name="plain")
+    teacher = Snapshot(student, every=1)
+    initial = teacher.get_weights()
+    model = distiller(teacher, student)
+    ends = []
+    with warnings.catch_warnings():
+        # The loop calls begin_epoch: no warning.
+        warnings.filterwarnings("error", message=".*begin_epoch")
+        for epoch in range(3):
+            model.begin_epoch(epoch)
+            if epoch == 0:  # no snapshot at the start of training
+                for actual, wanted in zip(teacher.get_weights(), initial):
+                    assert_close(actual, wanted)
+            else:  # the student as the previous epoch left it
+                for actual, wanted in zip(teacher.get_weights(), ends[-1]):
+                    assert_close(actual, wanted)
+            for start in range(0, 64, 32):
+                model.train_on_batch(x[start:start + 32], y[start:start + 32])
+            ends.append(student.get_weights())
+    # Between epochs the teacher stays put while the student moves.
+    assert not np.allclose(ends[1][0], ends[2][0])
+    for actual, wanted in zip(teacher.get_weights(), ends[1]):
+        assert_close(actual, wanted)
+
+
+def test_train_on_batch_warns_once_when_no_epoch_began():
+    x, y = classification_data(32)
+    student = mlp(6, name="plain")
+    teacher = Snapshot(student, every=1)
+    initial = teacher.get_weights()
+    model = distiller(teacher, student)
+    with pytest.warns(UserWarning, match=r"call begin_epoch\(epoch\)"):
+        model.train_on_batch(x, y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*begin_epoch")
+        model.train_on_batch(x, y)  # warned once
+    for actual, wanted in zip(teacher.get_weights(), initial):
+        assert_close(actual, wanted)  # and no snapshot was taken
+    # Teachers that do not update per epoch need no begin_epoch.
+    for make_teacher in (MovingAverage, lambda _: mlp(16, name="teacher")):
+        student = mlp(6, name="plain")
+        model = distiller(make_teacher(student), student)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*begin_epoch")
+            model.train_on_batch(x, y)
+
+
 def test_feature_losses_reach_the_copys_layers():
     x, y = classification_data(32)
     student = mlp(6, name="plain")
     teacher = MovingAverage(student, decay=0.99)
     model = keras_distill.Distiller(
-        teacher, student, [KD(2.0), FitNet("plain/hidden", "hidden")]
+        teacher, student, [KD(temperature=2.0), FitNet("plain/hidden", "hidden")]
     )
     model.compile("adam", loss=SCCE)
     # The hint reads the copy's layer, not the student's own.

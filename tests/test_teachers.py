@@ -15,6 +15,7 @@ from keras_distill.teachers import precompute
 from tests.reference import assert_close
 from tests.reference import np_log_softmax
 from tests.reference import np_softmax
+from tests.reference import ref_kd
 from tests.reference import to_np
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -97,6 +98,77 @@ def test_bad_ensembles_are_refused():
         MultiTeacher([mlp(4, "a"), four_classes])
     with pytest.raises(TypeError, match="list of Keras models"):
         MultiTeacher([keras.layers.Dense(3)])
+
+
+# ---------------------------------------------------------------------------
+# Teacher: the base class and its hooks
+# ---------------------------------------------------------------------------
+
+
+def test_a_teacher_subclass_gets_every_hook_of_the_distiller():
+    calls = []
+
+    class Recording(keras_distill.teachers.Teacher):
+        """Doubles `inner`'s logits; shows the student the negated inputs;
+        counts its training steps in a variable."""
+
+        def __init__(self, inner, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = inner
+            self.steps = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="steps"
+            )
+
+        def call(self, inputs, training=False):
+            return 2.0 * self.inner(inputs, training=training)
+
+        def student_view(self, inputs):
+            return -inputs
+
+        def check_data(self, x):
+            calls.append(("data", len(x)))
+
+        def check_student(self, student):
+            if student.name != "student":
+                raise ValueError("not my student")
+
+        def update_step(self, student):
+            self.steps.assign_add(1.0)
+
+        def update_epoch(self, epoch, student):
+            calls.append(("epoch", epoch))
+
+    x, y = batch(32), np.random.default_rng(1).integers(0, 3, 32)
+    inner = mlp(8, "inner")
+    teacher = Recording(inner, name="recording")
+    teacher(x[:1])
+    assert teacher.updates_per_epoch()
+    assert not keras_distill.teachers.TeacherHooks().updates_per_epoch()
+    with pytest.raises(ValueError, match="not my student"):
+        keras_distill.Distiller(teacher, mlp(4, "other"), KD())
+    student = mlp(4, "student")
+    distiller = keras_distill.Distiller(teacher, student, KD(temperature=2.0))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCCE)
+
+    distiller.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert calls == [("data", 32), ("epoch", 0), ("epoch", 1)]
+    assert float(teacher.steps.numpy()) == 4.0  # once per training step
+    assert_close(distiller.predict(x, verbose=0), to_np(student(-x)), rtol=1e-5)
+
+    calls.clear()
+    logs = distiller.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    distiller.test_on_batch(x[:8], y[:8])
+    assert calls == [("data", 32), ("data", 8)]
+    assert float(teacher.steps.numpy()) == 4.0  # evaluation is no step
+    t = 2.0 * to_np(inner(x)).astype("float64")
+    s = to_np(student(-x)).astype("float64")
+    np.testing.assert_allclose(logs["kd"], ref_kd(t, s, 2.0).mean(), rtol=1e-4)
+
+    calls.clear()
+    distiller.begin_epoch(5)
+    distiller.train_on_batch(x[:8], y[:8])
+    assert calls == [("epoch", 5), ("data", 8)]
+    assert float(teacher.steps.numpy()) == 5.0
 
 
 # ---------------------------------------------------------------------------
@@ -288,7 +360,7 @@ def test_a_specialists_dustbin_follows_the_generalists_ratios():
 def test_specialist_ensemble_distils_and_saves(tmp_path):
     x, y = batch(32), np.random.default_rng(1).integers(0, 3, 32)
     model, _ = specialist_ensemble("mean_logits")
-    distiller = keras_distill.Distiller(model, mlp(8, "student"), KD(2.0))
+    distiller = keras_distill.Distiller(model, mlp(8, "student"), KD(temperature=2.0))
     distiller.compile(optimizer="adam", loss=SCCE)
     distiller.fit(x, y, epochs=1, verbose=0)
     path = str(tmp_path / "specialists.keras")

@@ -83,17 +83,16 @@ class _VariableScheduler(keras.callbacks.Callback):
             print(f"{type(self).__name__}: {self.log_name} = {value} at {when}.")
 
 
-def _distiller(model, callback):
-    from keras_distill.distiller import Distiller
-    from keras_distill.mutual_learning import MutualLearning
-
-    if not isinstance(model, (Distiller, MutualLearning)):
+def _schedulable(model, callback, kind):
+    """`model`'s schedulable variables of `kind`, by name."""
+    variables = getattr(model, "schedulable_variables", None)
+    if variables is None:
         raise TypeError(
             f"{type(callback).__name__} schedules a keras_distill.Distiller "
-            "or MutualLearning; it was given to the fit of "
-            f"{type(model).__name__}."
+            "or MutualLearning (a model with `schedulable_variables()`); it "
+            f"was given to the fit of {type(model).__name__}."
         )
-    return model
+    return variables()[kind]
 
 
 class TemperatureScheduler(_VariableScheduler):
@@ -136,17 +135,12 @@ class TemperatureScheduler(_VariableScheduler):
             )
 
     def scheduled_variables(self, distiller):
-        distiller = _distiller(distiller, self)
-        with_temperature = {
-            loss.name: loss.temperature
-            for loss in distiller.distillation_losses
-            if isinstance(getattr(loss, "temperature", None), keras.Variable)
-        }
+        with_temperature = _schedulable(distiller, self, "temperature")
         if not with_temperature:
+            names = list(_schedulable(distiller, self, "loss_weight"))[1:]
             raise ValueError(
-                "TemperatureScheduler: none of the Distiller's losses "
-                f"({[l.name for l in distiller.distillation_losses]}) has a "
-                "temperature."
+                f"TemperatureScheduler: none of the Distiller's losses ({names}) "
+                "has a temperature."
             )
         if self.losses is None:
             return list(with_temperature.values())
@@ -195,16 +189,10 @@ class LossWeightScheduler(_VariableScheduler):
         self.log_name = f"{loss}_weight"
 
     def scheduled_variables(self, distiller):
-        distiller = _distiller(distiller, self)
-        if self.loss == "student":
-            return [distiller.student_loss_weight]
-        for loss, weight in zip(
-            distiller.distillation_losses, distiller.distillation_loss_weights
-        ):
-            if loss.name == self.loss:
-                return [weight]
-        raise ValueError(
-            f"LossWeightScheduler: the Distiller has no loss named "
-            f"{self.loss!r}; available: "
-            f"{['student'] + [l.name for l in distiller.distillation_losses]}."
-        )
+        weights = _schedulable(distiller, self, "loss_weight")
+        if self.loss not in weights:
+            raise ValueError(
+                f"LossWeightScheduler: the Distiller has no loss named "
+                f"{self.loss!r}; available: {list(weights)}."
+            )
+        return [weights[self.loss]]

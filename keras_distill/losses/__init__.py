@@ -1,4 +1,10 @@
-"""Distillation losses: each a `keras.ops` function and a serializable class."""
+"""Distillation losses: each a `keras.ops` function and a serializable class.
+
+Every class takes `teacher=` and `student=` first (what it compares; see
+`keras_distill.sources`), then keyword hyperparameters. The bases
+(`DistillationLoss`, `PerSampleLoss`, `BatchLoss`), `LossContext` and the
+functions are the building blocks of new losses.
+"""
 
 from keras_distill.losses.attention import AttentionTransfer
 from keras_distill.losses.attention import TransformerAttention
@@ -6,13 +12,15 @@ from keras_distill.losses.attention import attention_map_loss
 from keras_distill.losses.attention import attention_transfer
 from keras_distill.losses.attention import spatial_attention
 from keras_distill.losses.attention import uniform_layer_map
+from keras_distill.losses.base import BatchLoss
 from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import LossContext
+from keras_distill.losses.base import PerSampleLoss
+from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.contrastive import CRD
 from keras_distill.losses.contrastive import info_nce
-from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.feature import FitNet
 from keras_distill.losses.feature import HiddenCosine
-from keras_distill.losses.feature import LayerPairLoss
 from keras_distill.losses.feature import connector_for
 from keras_distill.losses.feature import hidden_cosine
 from keras_distill.losses.keras_compat import FeatureDistillation
@@ -20,7 +28,6 @@ from keras_distill.losses.keras_compat import LogitsDistillation
 from keras_distill.losses.relation import PKT
 from keras_distill.losses.relation import RKD
 from keras_distill.losses.relation import CorrelationCongruence
-from keras_distill.losses.relation import RelationLoss
 from keras_distill.losses.relation import SimilarityPreserving
 from keras_distill.losses.relation import correlation_congruence
 from keras_distill.losses.relation import pairwise_distances
@@ -36,8 +43,17 @@ from keras_distill.losses.response import dkd
 from keras_distill.losses.response import kd
 from keras_distill.losses.response import soft_log_probabilities
 
+#: The losses to distil with, by family (error messages list them).
+LOSSES = [
+    "KD", "DKD", "DIST",
+    "FitNet", "HiddenCosine", "AttentionTransfer", "TransformerAttention",
+    "RKD", "SimilarityPreserving", "PKT", "CorrelationCongruence", "CRD",
+    "LogitsDistillation", "FeatureDistillation",
+]
+
 __all__ = [
     "AttentionTransfer",
+    "BatchLoss",
     "CRD",
     "CorrelationCongruence",
     "DIST",
@@ -47,11 +63,11 @@ __all__ = [
     "FitNet",
     "HiddenCosine",
     "KD",
-    "LayerPairLoss",
     "LogitsDistillation",
+    "LossContext",
     "PKT",
+    "PerSampleLoss",
     "RKD",
-    "RelationLoss",
     "SimilarityPreserving",
     "TransformerAttention",
     "attention_map_loss",
@@ -73,6 +89,3 @@ __all__ = [
     "uniform_layer_map",
     "weighted_mean",
 ]
-
-#: The public loss classes, for error messages that list them.
-CLASSES = [name for name in __all__ if name[0].isupper()]

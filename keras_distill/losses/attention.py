@@ -3,11 +3,12 @@
 import keras
 from keras import ops
 
+from keras_distill import sources
+from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import PerSampleLoss
+from keras_distill.losses.base import _deprecated_sources
 from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.feature import FitNet
-from keras_distill.losses.feature import LayerPairLoss
-from keras_distill.losses.feature import _names
-from keras_distill.taps import ATTENTION
 
 
 def spatial_attention(feature_map, p=2.0):
@@ -83,7 +84,7 @@ def attention_transfer(teacher_map, student_map, p=2.0, mask=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class AttentionTransfer(LayerPairLoss):
+class AttentionTransfer(PerSampleLoss):
     """Attention transfer (Zagoruyko & Komodakis 2017) over layer pairs.
 
     For each (teacher layer, student layer) pair, matches the normalised
@@ -92,8 +93,8 @@ class AttentionTransfer(LayerPairLoss):
     the label loss: pass such a weight in `distillation_loss_weights`.
 
     Args:
-        teacher_layers: teacher layer name(s) of channels-last feature maps.
-        student_layers: the matching student layer name(s).
+        teacher: teacher layer path(s) of channels-last feature maps.
+        student: the matching student layer path(s).
         p: the exponent of `|F|^p`. Defaults to 2.
         input_mask: for sequence features, the key of a dict input holding a
             boolean mask of real positions. Defaults to `None`: the features'
@@ -105,10 +106,11 @@ class AttentionTransfer(LayerPairLoss):
 
     ```python
     at = keras_distill.losses.AttentionTransfer(
-        teacher_layers=["block1", "block2"], student_layers=["conv1", "conv2"]
+        ["block1", "block2"], ["conv1", "conv2"]
     )
     distiller = keras_distill.Distiller(
-        teacher, student, [KD(4.0), at], distillation_loss_weights=[0.9, 500.0]
+        teacher, student, [KD(temperature=4.0), at],
+        distillation_loss_weights=[0.9, 500.0],
     )
     ```
 
@@ -118,17 +120,10 @@ class AttentionTransfer(LayerPairLoss):
     """
 
     def __init__(
-        self,
-        teacher_layers,
-        student_layers,
-        p=2.0,
-        input_mask=None,
-        name=None,
-        **kwargs,
+        self, teacher=None, student=None, *, p=2.0, input_mask=None, name=None,
+        **kwargs
     ):
-        super().__init__(
-            teacher_layers, student_layers, input_mask=input_mask, name=name, **kwargs
-        )
+        super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         self.p = float(p)
         if self.p <= 0:
             raise ValueError(f"AttentionTransfer: `p` must be > 0; received {p}.")
@@ -152,8 +147,8 @@ class AttentionTransfer(LayerPairLoss):
                 f"{t_len} (teacher) and {s_len} (student)."
             )
 
-    def per_sample(self, teacher, student, mask=None):
-        return attention_transfer(teacher, student, self.p, mask)
+    def per_sample(self, context):
+        return attention_transfer(context.teacher, context.student, self.p, context.mask)
 
     def get_config(self):
         return {**super().get_config(), "p": self.p}
@@ -229,8 +224,18 @@ def uniform_layer_map(teacher_count, student_count):
     return [k * (i + 1) - 1 for i in range(student_count)]
 
 
+def _paths(value, argument):
+    paths = [value] if isinstance(value, str) else list(value or [])
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise ValueError(
+            f"TransformerAttention: `{argument}` must be a layer path or a list "
+            f"of them; received {value!r}."
+        )
+    return paths
+
+
 @keras.saving.register_keras_serializable(package="keras_distill")
-class TransformerAttention(LayerPairLoss):
+class TransformerAttention(DistillationLoss):
     """TinyBERT-style transfer of attention maps and hidden states.
 
     Each student transformer layer learns from one teacher layer (the layer
@@ -248,14 +253,13 @@ class TransformerAttention(LayerPairLoss):
     gives MiniLM's divergence between them.
 
     Args:
-        teacher_layers: the teacher's transformer layers (paths), in order.
-            Either one per student layer, or all of them, of which the layer
-            map picks one per student layer.
-        student_layers: the student's transformer layers (paths), in order.
+        teacher: the teacher's transformer layers (paths), in order. Either
+            one per student layer, or all of them, of which the layer map
+            picks one per student layer.
+        student: the student's transformer layers (paths), in order.
         layer_map: `"uniform"` (student layer `i` learns from teacher layer
             `k * i`, see `uniform_layer_map`) or a list of indices into
-            `teacher_layers`, one per student layer. Defaults to
-            `"uniform"`.
+            `teacher`, one per student layer. Defaults to `"uniform"`.
         attention_loss: `"mse"` or `"kl"`. Defaults to `"mse"`.
         attention_weight: the weight of the attention term. Defaults to 1.
         hidden_weight: the weight of the hidden-state term; 0 leaves the
@@ -272,8 +276,8 @@ class TransformerAttention(LayerPairLoss):
 
     ```python
     loss = keras_distill.losses.TransformerAttention(
-        teacher_layers=[f"backbone/transformer_layer_{i}" for i in range(4)],
-        student_layers=[f"backbone/transformer_layer_{i}" for i in range(2)],
+        [f"backbone/transformer_layer_{i}" for i in range(4)],
+        [f"backbone/transformer_layer_{i}" for i in range(2)],
         input_mask="padding_mask",
     )  # student layer 0 <- teacher layer 1, student 1 <- teacher 3
     ```
@@ -285,8 +289,9 @@ class TransformerAttention(LayerPairLoss):
 
     def __init__(
         self,
-        teacher_layers,
-        student_layers,
+        teacher=None,
+        student=None,
+        *,
         layer_map="uniform",
         attention_loss="mse",
         attention_weight=1.0,
@@ -296,19 +301,22 @@ class TransformerAttention(LayerPairLoss):
         name=None,
         **kwargs,
     ):
-        teacher_names = _names(teacher_layers, "teacher_layers")
-        student_names = _names(student_layers, "student_layers")
+        teacher, student = _deprecated_sources(
+            "TransformerAttention", kwargs, teacher, student
+        )
+        teacher_paths = _paths(teacher, "teacher")
+        student_paths = _paths(student, "student")
         if layer_map == "uniform":
-            indices = uniform_layer_map(len(teacher_names), len(student_names))
+            indices = uniform_layer_map(len(teacher_paths), len(student_paths))
         else:
             indices = list(layer_map)
-            if len(indices) != len(student_names) or not all(
-                isinstance(i, int) and 0 <= i < len(teacher_names) for i in indices
+            if len(indices) != len(student_paths) or not all(
+                isinstance(i, int) and 0 <= i < len(teacher_paths) for i in indices
             ):
                 raise ValueError(
                     "`layer_map` must be 'uniform' or a list of one index "
-                    f"into `teacher_layers` (0..{len(teacher_names) - 1}) per "
-                    f"student layer ({len(student_names)}); received "
+                    f"into `teacher` (0..{len(teacher_paths) - 1}) per "
+                    f"student layer ({len(student_paths)}); received "
                     f"{layer_map!r}."
                 )
         if attention_loss not in ("mse", "kl"):
@@ -321,42 +329,45 @@ class TransformerAttention(LayerPairLoss):
                 "`attention_weight` and `hidden_weight` must be >= 0; "
                 f"received {attention_weight} and {hidden_weight}."
             )
-        mapped = [teacher_names[i] for i in indices]
+        mapped = [teacher_paths[i] for i in indices]
+        hidden = bool(hidden_weight)
+
+        def layer_sources(paths):
+            return [
+                sources.Group(scores=sources.Attention(p), hidden=sources.Layer(p))
+                if hidden else sources.Group(scores=sources.Attention(p))
+                for p in paths
+            ]
+
         super().__init__(
-            mapped, student_names, input_mask=input_mask, name=name, **kwargs
+            layer_sources(mapped), layer_sources(student_paths),
+            input_mask=input_mask, name=name, **kwargs,
         )
-        self._all_teacher_names = teacher_names
+        self._teacher_paths = teacher_paths
+        self._student_paths = student_paths
         self.layer_map = layer_map if layer_map == "uniform" else indices
         self.attention_loss = attention_loss
         self.attention_weight = float(attention_weight)
         self.hidden_weight = float(hidden_weight)
         self.hidden = None
-        if self.hidden_weight:
+        if hidden:
             self.hidden = FitNet(
-                mapped,
-                student_names,
-                connector=connector,
-                input_mask=input_mask,
-                name=f"{self.name}_hidden",
+                mapped, student_paths, connector=connector, name=f"{self.name}_hidden"
             )
         self.built = self.hidden is None
 
-    def teacher_layers(self):
-        hidden = self.hidden.teacher_layers() if self.hidden else ()
-        return tuple(n + ATTENTION for n in self._teacher_names) + hidden
-
-    def student_layers(self):
-        hidden = self.hidden.student_layers() if self.hidden else ()
-        return tuple(n + ATTENTION for n in self._student_names) + hidden
-
-    def build(self, teacher_shapes, student_shapes):
+    def build(self, teacher_specs, student_specs):
         """Creates the hidden-state projections from the features' shapes."""
         if self.hidden is not None:
-            self.hidden.build(teacher_shapes, student_shapes)
+            self.hidden.build(
+                [t["hidden"] for t in teacher_specs],
+                [s["hidden"] for s in student_specs],
+            )
         self.built = True
 
     def validate_outputs(self, teacher_outputs, student_outputs):
-        t, s = tuple(teacher_outputs.shape), tuple(student_outputs.shape)
+        t = tuple(teacher_outputs["scores"]["scores"].shape)
+        s = tuple(student_outputs["scores"]["scores"].shape)
         if len(t) != 4 or len(s) != 4 or t[1:] != s[1:]:
             raise ValueError(
                 "TransformerAttention compares attention maps head by head, "
@@ -365,58 +376,51 @@ class TransformerAttention(LayerPairLoss):
                 f"queries, keys) {t} and {s}."
             )
 
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
-        attention, hidden = 0.0, 0.0
-        for index, (t_name, s_name) in enumerate(
-            zip(self._teacher_names, self._student_names)
-        ):
-            teacher = teacher_outputs[t_name + ATTENTION]
-            student = student_outputs[s_name + ATTENTION]
-            self.validate_outputs(teacher["scores"], student["scores"])
-            values = self.per_sample(
-                teacher["scores"], student["scores"], student.get("mask")
+    def compute(self, context):
+        teacher, student = context.teacher, context.student
+        scores = student["scores"]
+        values = attention_map_loss(
+            teacher["scores"]["scores"], scores["scores"], self.attention_loss,
+            scores.get("mask"),
+        )
+        queries = self._query_mask(scores, student.get("hidden"), context.mask)
+        loss = self.attention_weight * weighted_mean(
+            values, context.sample_weight, queries
+        )
+        if self.hidden is not None:
+            hidden = self.hidden.per_sample(
+                context._replace(teacher=teacher["hidden"], student=student["hidden"])
             )
-            queries = self._query_mask(student, student_outputs.get(s_name), inputs)
-            attention = attention + weighted_mean(values, sample_weight, queries)
-            if self.hidden is not None:
-                projected = self.hidden.map_student(index, student_outputs[s_name])
-                values = self.hidden.per_sample(teacher_outputs[t_name], projected)
-                hidden = hidden + weighted_mean(values, sample_weight, queries)
-        return self.attention_weight * attention + self.hidden_weight * hidden
+            loss = loss + self.hidden_weight * weighted_mean(
+                hidden, context.sample_weight, queries
+            )
+        return loss
 
-    def _query_mask(self, attention, hidden, inputs):
+    def _query_mask(self, attention, hidden, input_mask):
         """The real query positions, `(B, T)` booleans, or `None`.
 
         Queries to which the attention layer's mask leaves some key, and
-        the padding mask of the student's hidden states or `input_mask`.
+        the padding mask of `input_mask` or of the student's hidden states.
         """
         masks = []
         if "mask" in attention:
             keys = ops.cast(attention["mask"], "float32")
             keys = keys * ops.ones_like(attention["scores"][:, 0])
             masks.append(ops.sum(keys, axis=-1) > 0)
-        if hidden is not None or self.input_mask is not None:
-            padding = self._padding_mask(hidden, inputs)
-            if padding is not None:
-                masks.append(ops.cast(padding, "bool"))
+        padding = input_mask
+        if padding is None and hidden is not None:
+            padding = self.padding_mask(hidden, None)
+        if padding is not None:
+            masks.append(ops.cast(padding, "bool"))
         if not masks:
             return None
         return masks[0] if len(masks) == 1 else ops.logical_and(*masks)
 
-    def per_sample(self, teacher, student, mask=None):
-        return attention_map_loss(teacher, student, self.attention_loss, mask)
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            teacher_layers=self._config_layers(self._all_teacher_names),
+            teacher=self._teacher_paths,
+            student=self._student_paths,
             layer_map=self.layer_map,
             attention_loss=self.attention_loss,
             attention_weight=self.attention_weight,

@@ -1,21 +1,70 @@
-"""The base class of every distillation loss, and the reduction it shares."""
+"""The bases of every distillation loss, what they read, and how they reduce.
 
+A loss says which tensors it compares with its first two arguments,
+`teacher=` and `student=` (see `keras_distill.sources`); its
+hyperparameters are keyword arguments. On each step it gets one
+`LossContext` per (teacher, student) pair of tensors and returns a scalar:
+
+- `PerSampleLoss` subclasses return one value per sample (or per position)
+  from `per_sample(context)`; the base reduces them as a `keras.losses.Loss`
+  with `"sum_over_batch_size"` does, with the sample weights and the padding
+  mask.
+- `BatchLoss` subclasses compare the batch as a whole (relations between
+  samples, correlations over the batch, contrastive queues) in
+  `compute(context)`, and apply the weights and mask themselves.
+"""
+
+import inspect
 import math
+import os
 import numbers
 import re
+import warnings
+from typing import NamedTuple
 
 import keras
 from keras import ops
 
+from keras_distill import sources as sources_module
 from keras_distill._keras_internals import get_keras_mask
+
+
+class LossContext(NamedTuple):
+    """Everything a distillation loss may read on one step, for one pair.
+
+    Attributes:
+        teacher: the teacher's tensor this loss compares (what its
+            `teacher=` source read), without gradient.
+        student: the student's matching tensor.
+        labels: the batch's targets, or `None`.
+        sample_weight: per-sample weights (`class_weight` arrives here), or
+            `None`.
+        mask: the padding mask of the student's tensor (its Keras mask, or
+            the input named by the loss's `input_mask`), or `None`.
+        inputs: the batch's inputs, as the teacher saw them.
+        training: whether this is a training step (stateful losses update
+            their state only then).
+        pair: the index of this (teacher, student) pair among the loss's
+            sources.
+    """
+
+    teacher: object
+    student: object
+    labels: object = None
+    sample_weight: object = None
+    mask: object = None
+    inputs: object = None
+    training: bool = False
+    pair: int = 0
 
 
 def weighted_mean(values, sample_weight=None, mask=None):
     """Averages per-sample loss values the way Keras averages its losses.
 
     The sum of `values * sample_weight` over valid entries, divided by the
-    number of valid entries (Keras's `"sum_over_batch_size"` reduction, with
-    masked positions neither counted nor summed).
+    number of valid entries: `keras.losses.Loss`'s `"sum_over_batch_size"`
+    reduction, with masked positions neither counted nor summed (and 0 when
+    no entry is valid).
 
     Args:
         values: per-sample (or per-position) loss values, shape `(B, ...)`.
@@ -28,6 +77,8 @@ def weighted_mean(values, sample_weight=None, mask=None):
         A float32 scalar.
     """
     values = ops.cast(values, "float32")
+    if mask is None and sample_weight is None:
+        return ops.mean(values)
     if mask is not None:
         mask = ops.cast(mask, "float32")
         values = values * mask
@@ -75,6 +126,52 @@ def _snake_case(name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+# Old argument names, kept for one release, and the role each names.
+_DEPRECATED = {
+    "teacher_layer": "teacher",
+    "teacher_layers": "teacher",
+    "student_layer": "student",
+    "student_layers": "student",
+}
+
+
+def _warn_deprecated(message):
+    """A `DeprecationWarning` that points at the user's line."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level = 1
+    for frame in inspect.stack()[1:]:
+        level += 1
+        if not os.path.abspath(frame.filename).startswith(package):
+            break
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
+
+
+def _deprecated_sources(owner, kwargs, teacher, student):
+    """`teacher` and `student`, from the deprecated arguments in `kwargs`."""
+    given = {"teacher": teacher, "student": student}
+    for old, role in _DEPRECATED.items():
+        if old in kwargs:
+            value = kwargs.pop(old)
+            _warn_deprecated(
+                f"{owner}({old}=...) is deprecated; pass {role}=... (the "
+                f"{'first' if role == 'teacher' else 'second'} argument of "
+                "every loss)."
+            )
+            if value is not None:
+                given[role] = value
+    if "output" in kwargs:
+        key = kwargs.pop("output")
+        _warn_deprecated(
+            f"{owner}(output={key!r}) is deprecated; pass teacher=Output("
+            f"{key!r}), student=Output({key!r}) (from keras_distill.sources)."
+        )
+        if key is not None:
+            for role in given:
+                if given[role] is None:
+                    given[role] = sources_module.Output(key)
+    return given["teacher"], given["student"]
+
+
 @keras.saving.register_keras_serializable(package="keras_distill")
 class DistillationLoss(keras.layers.Layer):
     """Base class of distillation losses.
@@ -85,19 +182,22 @@ class DistillationLoss(keras.layers.Layer):
     the `Distiller`, trained by its optimizer where trainable, and saved with
     it. It always computes in float32, whatever the models' dtype policies.
 
-    Subclasses implement `per_sample(teacher, student, labels)`, returning one
-    value per sample, or per position for sequence outputs (the outputs'
-    shape without the last axis). The base class picks the output to distil,
-    applies `sample_weight` and the student's padding mask, and averages like
-    a Keras loss. Losses with batch-level terms override `compute_loss`
-    instead. A subclass written for `keras.distillation.DistillationLoss`
-    (overriding `compute_loss(teacher_outputs, student_outputs, **kwargs)`)
-    works unchanged.
+    Subclass `PerSampleLoss` (one value per sample, reduced for you) or
+    `BatchLoss` (a value for the whole batch) rather than this class. A
+    subclass written for `keras.distillation.DistillationLoss`, overriding
+    `compute_loss(teacher_outputs, student_outputs, **kwargs)`, also works:
+    it receives the tensors its sources read.
 
     Args:
-        output: which output of multi-output models to distil: a dict key or a
-            list index. `None` takes the models' only output. Defaults to
-            `None`.
+        teacher: what the loss reads of the teacher: `None` (its output), a
+            layer path, a `keras_distill.sources.Source`, or a list of them
+            (one per pair). Defaults to `None`.
+        student: the same for the student, one per teacher source.
+            Defaults to `None`.
+        input_mask: the key of a dict input holding a boolean mask of real
+            (not padded) positions, shape `(B, T)`, for models that take
+            their padding mask as an input (keras-hub's `"padding_mask"`).
+            Defaults to `None`: the student tensor's own Keras mask, if any.
         name: the loss's name, also the key of its value in the training
             logs. Defaults to the class name in snake case (`"kd"`).
         **kwargs: other `keras.layers.Layer` arguments.
@@ -105,9 +205,9 @@ class DistillationLoss(keras.layers.Layer):
     Example:
 
     ```python
-    class MeanSquaredLogits(keras_distill.DistillationLoss):
-        def per_sample(self, teacher, student, labels=None):
-            return keras.ops.mean((teacher - student) ** 2, axis=-1)
+    class MeanSquaredLogits(keras_distill.losses.PerSampleLoss):
+        def per_sample(self, context):
+            return keras.ops.mean((context.teacher - context.student) ** 2, -1)
     ```
     """
 
@@ -115,103 +215,205 @@ class DistillationLoss(keras.layers.Layer):
     #: report the student's top-1 agreement with the teacher on its outputs.
     compares_predictions = False
 
-    #: Whether this loss keeps state that training steps update (a queue of
-    #: negatives); the Distiller then passes `training=` to `compute_loss`.
-    has_training_state = False
-
-    def __init__(self, output=None, name=None, **kwargs):
+    def __init__(self, teacher=None, student=None, *, input_mask=None, name=None,
+                 **kwargs):
+        owner = type(self).__name__
+        teacher, student = _deprecated_sources(owner, kwargs, teacher, student)
         kwargs["dtype"] = "float32"
-        super().__init__(name=name or _snake_case(type(self).__name__), **kwargs)
-        if output is not None and not isinstance(output, (str, int)):
-            raise TypeError(
-                f"`output` must be a dict key (str), a list index (int) or "
-                f"None; received {output!r}."
+        super().__init__(name=name or _snake_case(owner), **kwargs)
+        self.teacher_sources = sources_module.get_list(teacher, "teacher", owner)
+        self.student_sources = sources_module.get_list(student, "student", owner)
+        if len(self.teacher_sources) != len(self.student_sources):
+            raise ValueError(
+                f"{owner} pairs teacher and student tensors one to one; got "
+                f"{len(self.teacher_sources)} teacher sources and "
+                f"{len(self.student_sources)} student sources."
             )
-        self.output_key = output
+        if input_mask is not None and not isinstance(input_mask, str):
+            raise TypeError(
+                f"{owner}: `input_mask` is the key of a dict input holding the "
+                f"padding mask; received {input_mask!r}."
+            )
+        self.input_mask = input_mask
+        self._temperature = None
+        self._build_shapes = None
         self.built = True
 
     def _add_temperature(self, temperature):
         """Creates the non-trainable temperature variable callbacks schedule."""
         check_temperature(temperature, type(self).__name__)
-        return self.add_weight(
+        self._temperature = self.add_weight(
             name="temperature",
             shape=(),
             initializer=keras.initializers.Constant(float(temperature)),
             trainable=False,
             dtype="float32",
         )
+        return self._temperature
+
+    def schedulable_variables(self):
+        """The variables callbacks may schedule, by name.
+
+        Returns:
+            `{"temperature": variable}` for a loss with a temperature
+            (`keras_distill.callbacks.TemperatureScheduler` sets it), else
+            `{}`.
+        """
+        return {} if self._temperature is None else {"temperature": self._temperature}
 
     # -- What a Distiller asks of every loss ---------------------------------
 
-    def select_output(self, outputs):
-        """Picks the output this loss distils from a model's outputs.
+    def tap_paths(self, role):
+        """The layer paths of the `role` model ("teacher" or "student") that
+        this loss reads."""
+        found = self.teacher_sources if role == "teacher" else self.student_sources
+        return tuple(path for source in found for path in source.tap_paths())
 
-        Args:
-            outputs: a tensor, or a list or dict of tensors.
-
-        Returns:
-            One tensor.
-
-        Raises:
-            ValueError: when the models have several outputs and `output` was
-                not given, or `output` does not name one of them.
-        """
-        if self.output_key is None:
-            flat = keras.tree.flatten(outputs)
-            if len(flat) == 1:
-                return flat[0]
-            names = list(outputs) if isinstance(outputs, dict) else list(
-                range(len(flat))
-            )
-            raise ValueError(
-                f"The models have {len(flat)} outputs ({names}); pass "
-                f"`output=` to {type(self).__name__} to choose the one to "
-                f"distil, e.g. {type(self).__name__}(output={names[0]!r})."
-            )
-        try:
-            if not isinstance(outputs, (dict, list, tuple)):
-                raise TypeError("a single tensor has no named outputs")
-            return outputs[self.output_key]
-        except (KeyError, IndexError, TypeError):
-            available = (
-                list(outputs)
-                if isinstance(outputs, dict)
-                else list(range(len(outputs)))
-                if isinstance(outputs, (list, tuple))
-                else "a single tensor"
-            )
-            raise ValueError(
-                f"{type(self).__name__}(output={self.output_key!r}) names no "
-                f"output of the models; available: {available}."
-            ) from None
-
-    def prediction_pair(self, teacher_outputs, student_outputs):
-        """The (teacher, student) class scores this loss compares, or `None`.
-
-        The Distiller measures top-1 agreement on this pair. Losses that do
-        not compare class predictions return `None`.
-        """
-        if not self.compares_predictions:
-            return None
-        return (
-            self.select_output(teacher_outputs),
-            self.select_output(student_outputs),
+    def reads_predictions(self):
+        """Whether this loss compares class scores of the models' outputs,
+        on which the Distiller measures top-1 agreement."""
+        return self.compares_predictions and all(
+            s.reads_outputs() for s in self.teacher_sources + self.student_sources
         )
 
-    def selected_pair(self, teacher_outputs, student_outputs):
-        """The output this loss distils, from each model, validated."""
-        teacher = self.select_output(teacher_outputs)
-        student = self.select_output(student_outputs)
-        self.validate_outputs(teacher, student)
-        return teacher, student
+    def read(self, teacher_pass, student_pass):
+        """The (teacher, student) tensors of each pair, from two `ForwardPass`es."""
+        return [
+            (t.read(teacher_pass), s.read(student_pass))
+            for t, s in zip(self.teacher_sources, self.student_sources)
+        ]
 
-    def teacher_layers(self):
-        """Names of teacher layers whose outputs this loss reads."""
-        return ()
+    def prediction_pair(self, teacher_pass, student_pass):
+        """The (teacher, student) class scores top-1 agreement compares."""
+        return self.read(teacher_pass, student_pass)[0]
 
-    def student_layers(self):
-        """Names of student layers whose outputs this loss reads."""
-        return ()
+    def from_passes(self, teacher_pass, student_pass, labels=None,
+                    sample_weight=None, inputs=None, training=False):
+        """The loss of one step: the sum of `compute` over the pairs.
+
+        Args:
+            teacher_pass: the teacher's `ForwardPass` on the batch.
+            student_pass: the student's `ForwardPass` on the batch.
+            labels: the batch's targets. Defaults to `None`.
+            sample_weight: per-sample weights. Defaults to `None`.
+            inputs: the batch's inputs. Defaults to `None`.
+            training: whether this is a training step. Defaults to `False`.
+
+        Returns:
+            A float32 scalar.
+        """
+        total = None
+        for pair, (teacher, student) in enumerate(self.read(teacher_pass, student_pass)):
+            value = self._checked(LossContext(
+                teacher, student, labels, sample_weight,
+                self.padding_mask(student, inputs), inputs, training, pair,
+            ))
+            total = value if total is None else total + value
+        return total
+
+    def _checked(self, context):
+        self.validate_outputs(context.teacher, context.student)
+        value = ops.cast(self.compute(context), "float32")
+        if len(value.shape) != 0:
+            raise ValueError(
+                f"{type(self).__name__} returned a loss of shape "
+                f"{tuple(value.shape)}; a distillation loss must return a "
+                "scalar (reduce it, e.g. with keras.ops.mean)."
+            )
+        return value
+
+    def padding_mask(self, student, inputs):
+        """The padding mask of `student`: the `input_mask` input, or its own."""
+        if self.input_mask is None:
+            return get_keras_mask(student) if not isinstance(student, dict) else None
+        if not isinstance(inputs, dict) or self.input_mask not in inputs:
+            available = list(inputs) if isinstance(inputs, dict) else "not a dict"
+            raise ValueError(
+                f"{type(self).__name__}(input_mask={self.input_mask!r}) reads "
+                f"the padding mask from the inputs, but the inputs have no "
+                f"such key (keys: {available})."
+            )
+        return inputs[self.input_mask]
+
+    def compute(self, context):
+        """The loss of one pair, a float32 scalar; implemented by subclasses.
+
+        Args:
+            context: a `LossContext`.
+
+        Returns:
+            A scalar tensor.
+        """
+        if type(self).compute_loss is DistillationLoss.compute_loss:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement `compute(context)` (or "
+                "subclass PerSampleLoss and implement `per_sample(context)`)."
+            )
+        return self.compute_loss(
+            context.teacher, context.student, **_accepted(self.compute_loss, context)
+        )
+
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None,
+                     sample_weight=None, mask=None, inputs=None, training=False):
+        """The loss of tensors given directly: `keras.distillation`'s entry.
+
+        Args:
+            teacher_outputs: the teacher tensor this loss compares (what its
+                `teacher=` source reads), or a list of them, one per pair.
+            student_outputs: the matching student tensor(s).
+            labels: the batch's targets. Defaults to `None`.
+            sample_weight: per-sample weights. Defaults to `None`.
+            mask: a padding mask of the student's tensor. Defaults to
+                `None`: its Keras mask, if any.
+            inputs: the batch's inputs. Defaults to `None`.
+            training: whether this is a training step. Defaults to `False`.
+
+        Returns:
+            A float32 scalar.
+        """
+        pairs = len(self.teacher_sources)
+        teachers = list(teacher_outputs) if pairs > 1 else [teacher_outputs]
+        students = list(student_outputs) if pairs > 1 else [student_outputs]
+        total = None
+        for pair, (teacher, student) in enumerate(zip(teachers, students)):
+            value = self._checked(LossContext(
+                teacher, student, labels, sample_weight,
+                mask if mask is not None else self.padding_mask(student, inputs),
+                inputs, training, pair,
+            ))
+            total = value if total is None else total + value
+        return total
+
+    def build(self, teacher_specs, student_specs):
+        """Creates the loss's own layers from the shapes of what it reads.
+
+        Called once by the Distiller before training, with what the sources
+        read from the models' symbolic forward passes (`keras.KerasTensor`s,
+        one per pair). The default creates nothing.
+        """
+        self.built = True
+
+    def build_from_specs(self, teacher_specs, student_specs):
+        """`build`, keeping the shapes for `get_build_config` (the Distiller
+        builds its losses this way)."""
+        self._build_shapes = keras.tree.map_structure(
+            lambda x: list(x.shape), [list(teacher_specs), list(student_specs)]
+        )
+        self.build(teacher_specs, student_specs)
+
+    def get_build_config(self):
+        """The shapes `build` was given, so that a loaded loss rebuilds."""
+        if self._build_shapes is None:
+            return None
+        return {"shapes": self._build_shapes}
+
+    def build_from_config(self, config):
+        """Rebuilds the loss from `get_build_config`'s shapes."""
+        if config and not self.built:
+            teacher, student = keras.tree.map_shape_structure(
+                lambda shape: keras.KerasTensor(tuple(shape)), config["shapes"]
+            )
+            self.build(teacher, student)
 
     def validate_model_compatibility(self, teacher, student):
         """Checks, before training, that the models suit this loss.
@@ -220,63 +422,97 @@ class DistillationLoss(keras.layers.Layer):
         """
 
     def validate_outputs(self, teacher_outputs, student_outputs):
-        """Checks that the selected teacher and student tensors suit this loss.
+        """Checks that one pair of teacher and student tensors suits this loss.
 
-        Called with symbolic tensors when the models are built, and at trace
+        Called with symbolic tensors when the Distiller is built, and at trace
         time otherwise, so shape errors surface before any training happens.
         The default accepts anything.
         """
-
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
-        """Computes the scalar loss for one batch.
-
-        Args:
-            teacher_outputs: the teacher's outputs (a tensor or a structure),
-                or the features of `teacher_layers()`.
-            student_outputs: the student's outputs, in the same form.
-            labels: the batch's targets, for losses that use them. Defaults
-                to `None`.
-            sample_weight: per-sample weights (Keras turns `class_weight`
-                into these). Defaults to `None`.
-            inputs: the batch's inputs, for losses that read them (such as a
-                padding mask given as an input). Defaults to `None`.
-
-        Returns:
-            A float32 scalar.
-        """
-        teacher, student = self.selected_pair(teacher_outputs, student_outputs)
-        values = self.per_sample(teacher, student, labels=labels)
-        return weighted_mean(values, sample_weight, get_keras_mask(student))
-
-    def per_sample(self, teacher, student, labels=None):
-        """Per-sample loss values; implemented by subclasses.
-
-        Args:
-            teacher: the teacher tensor, shape `(B, ..., D)`.
-            student: the student tensor, shape `(B, ..., D)`.
-            labels: the batch's targets, or `None`.
-
-        Returns:
-            A tensor of shape `(B, ...)`.
-        """
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement `per_sample(teacher, "
-            "student, labels=None)` or override `compute_loss`."
-        )
 
     def get_config(self):
         config = super().get_config()
         config.pop("dtype", None)
         config.pop("trainable", None)
-        config["output"] = self.output_key
+        config["teacher"] = _sources_config(self.teacher_sources)
+        config["student"] = _sources_config(self.student_sources)
+        config["input_mask"] = self.input_mask
         return config
+
+
+def _sources_config(found):
+    def one(source):
+        if isinstance(source, sources_module.Output) and source.key is None:
+            return None
+        if isinstance(source, (sources_module.Layer, sources_module.Attention)):
+            return source.tap_paths()[0]
+        return keras.saving.serialize_keras_object(source)
+
+    return one(found[0]) if len(found) == 1 else [one(s) for s in found]
+
+
+_CONTEXT_KEYWORDS = ("labels", "sample_weight", "mask", "inputs", "training")
+_ACCEPTED = {}
+
+
+def _accepted(method, context):
+    """The context fields a `compute_loss(t, s, ...)` override takes."""
+    owner = type(method.__self__)
+    if owner not in _ACCEPTED:
+        parameters = inspect.signature(method).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            _ACCEPTED[owner] = _CONTEXT_KEYWORDS
+        else:
+            _ACCEPTED[owner] = tuple(n for n in _CONTEXT_KEYWORDS if n in parameters)
+    return {name: getattr(context, name) for name in _ACCEPTED[owner]}
+
+
+class PerSampleLoss(DistillationLoss):
+    """Base of losses with one value per sample (or per position).
+
+    Subclasses implement `per_sample(context)`, returning values of shape
+    `(B, ...)` (the compared tensors' shape without the last axis, say).
+    The base reduces them like `keras.losses.Loss` with
+    `"sum_over_batch_size"`: the sum of `value * sample_weight` over the
+    positions the padding mask keeps, divided by their number. A mask of
+    another rank than the values (a sequence mask on a per-sample value) is
+    left to `per_sample`.
+    """
+
+    def compute(self, context):
+        values = self.per_sample(context)
+        mask = context.mask
+        if mask is not None and len(mask.shape) != len(values.shape):
+            mask = None
+        return weighted_mean(values, context.sample_weight, mask)
+
+    def per_sample(self, context):
+        """Per-sample loss values; implemented by subclasses.
+
+        Args:
+            context: a `LossContext`.
+
+        Returns:
+            A tensor of shape `(B, ...)`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `per_sample(context)`."
+        )
+
+
+class BatchLoss(DistillationLoss):
+    """Base of losses on the whole batch at once.
+
+    Relations between samples (RKD, similarity preserving, PKT), correlations
+    over the batch (DIST's intra-class term) and contrastive losses (CRD)
+    are not means of per-sample values. Subclasses implement
+    `compute(context)` and return the batch's scalar, weighting samples by
+    `context.sample_weight` as their conventions say.
+    """
+
+    def compute(self, context):
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `compute(context)`."
+        )
 
 
 def check_temperature(temperature, owner):

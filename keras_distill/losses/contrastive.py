@@ -4,8 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_distill.losses.base import BatchLoss
 from keras_distill.losses.base import weighted_mean
-from keras_distill.losses.relation import RelationLoss
 from keras_distill.losses.relation import _flat
 from keras_distill.losses.relation import _l2_normalize
 
@@ -39,7 +39,7 @@ def info_nce(anchors, positives, negatives, temperature):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class CRD(RelationLoss):
+class CRD(BatchLoss):
     """Contrastive representation distillation (Tian et al. 2020).
 
     Learned heads map the teacher's and the student's features to unit
@@ -51,16 +51,17 @@ class CRD(RelationLoss):
     with the dataset, unlike the paper's memory bank of every sample; they
     are filled by training steps only (not by `evaluate`), with every sample
     of the batch (sample weights weigh the loss, not the queues), and saved
-    with the Distiller. The heads train with the student and are left out of the
-    exported student.
+    with the Distiller. The heads train with the student and are left out
+    of the exported student.
 
     Args:
-        teacher_layer: the teacher layer whose features to embed (the
-            penultimate layer in the paper).
-        student_layer: the matching student layer.
+        teacher: the teacher's features to embed (the penultimate layer in
+            the paper): a layer path or source; `None` for its output.
+            Defaults to `None`.
+        student: the matching student features. Defaults to `None`.
         embedding_dim: width of the embeddings. Defaults to 128.
-        queue_size: negatives per queue; at least the batch size. Defaults
-            to 4096.
+        queue_size: negatives per queue; at least the batch size (a larger
+            batch is refused). Defaults to 4096.
         temperature: the InfoNCE temperature. Defaults to 0.07.
         name: the loss's name in the logs. Defaults to `"crd"`.
 
@@ -69,7 +70,7 @@ class CRD(RelationLoss):
     ```python
     crd = keras_distill.losses.CRD("pool", "pool")
     distiller = keras_distill.Distiller(
-        teacher, student, [KD(4.0), crd], distillation_loss_weights=[0.9, 0.8]
+        teacher, student, [KD(temperature=4.0), crd], distillation_loss_weights=[0.9, 0.8]
     )
     ```
 
@@ -78,24 +79,22 @@ class CRD(RelationLoss):
         Distillation", ICLR 2020.
     """
 
-    has_training_state = True
-
     def __init__(
         self,
-        teacher_layer=None,
-        student_layer=None,
+        teacher=None,
+        student=None,
+        *,
         embedding_dim=128,
         queue_size=4096,
         temperature=0.07,
         name=None,
         **kwargs,
     ):
-        super().__init__(teacher_layer, student_layer, name=name, **kwargs)
-        if teacher_layer is None:
+        super().__init__(teacher, student, name=name, **kwargs)
+        if len(self.teacher_sources) != 1:
             raise ValueError(
-                "CRD learns embedding heads on features: name the layers, "
-                "e.g. CRD(teacher_layer='pool', student_layer='pool') (an "
-                "output layer's name works too)."
+                "CRD embeds one tensor of each model; give one teacher and "
+                "one student source."
             )
         if embedding_dim < 1 or queue_size < 1 or temperature <= 0:
             raise ValueError(
@@ -108,7 +107,7 @@ class CRD(RelationLoss):
         self.temperature = float(temperature)
         self.built = False
 
-    def build(self, teacher_shapes, student_shapes):
+    def build(self, teacher_specs, student_specs):
         """Creates the heads and the queues from the features' shapes."""
         # float32 like the loss, whatever the global dtype policy.
         self.teacher_head = keras.layers.Dense(
@@ -117,11 +116,11 @@ class CRD(RelationLoss):
         self.student_head = keras.layers.Dense(
             self.embedding_dim, name="student_head", dtype="float32"
         )
-        for head, shape in (
-            (self.teacher_head, teacher_shapes[self.teacher_layer]),
-            (self.student_head, student_shapes[self.student_layer]),
+        for head, (spec,) in (
+            (self.teacher_head, teacher_specs),
+            (self.student_head, student_specs),
         ):
-            head.build((None, int(np.prod(shape[1:]))))
+            head.build((None, int(np.prod(spec.shape[1:]))))
         queue_shape = (self.queue_size, self.embedding_dim)
         self.teacher_queue = self.add_weight(
             name="teacher_queue", shape=queue_shape, initializer=_unit_rows,
@@ -144,18 +143,15 @@ class CRD(RelationLoss):
             _l2_normalize(self.student_head(_flat(student))),
         )
 
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-        training=False,
-    ):
-        teacher = teacher_outputs[self.teacher_layer]
-        student = student_outputs[self.student_layer]
-        z_t, z_s = self.embed(teacher, student)
+    def compute(self, context):
+        batch = context.teacher.shape[0]
+        if batch is not None and batch > self.queue_size:
+            raise ValueError(
+                f"CRD(queue_size={self.queue_size}) holds fewer negatives than "
+                f"a batch of {batch} samples adds to it; use a queue_size of "
+                f"at least the batch size (e.g. {batch}) or smaller batches."
+            )
+        z_t, z_s = self.embed(context.teacher, context.student)
         # Copies: the backward pass must see the queues as they were, after
         # `_enqueue` has overwritten them in place (PyTorch checks this).
         teacher_negatives = ops.copy(self.teacher_queue)
@@ -163,9 +159,9 @@ class CRD(RelationLoss):
         per_sample = info_nce(
             z_s, z_t, teacher_negatives, self.temperature
         ) + info_nce(z_t, z_s, student_negatives, self.temperature)
-        if training:
+        if context.training:
             self._enqueue(ops.stop_gradient(z_t), ops.stop_gradient(z_s))
-        return weighted_mean(per_sample, sample_weight)
+        return weighted_mean(per_sample, context.sample_weight)
 
     def _enqueue(self, z_t, z_s):
         """Replaces the oldest queue entries with this batch's embeddings."""
@@ -180,7 +176,6 @@ class CRD(RelationLoss):
 
     def get_config(self):
         config = super().get_config()
-        del config["output"]
         return {
             **config,
             "embedding_dim": self.embedding_dim,

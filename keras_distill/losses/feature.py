@@ -1,123 +1,16 @@
 """Feature-based distillation: losses on intermediate layers' outputs.
 
 These losses read the outputs of named layers of the teacher and the
-student, taken in the same forward pass that produces the models' outputs.
-They compare one or several (teacher layer, student layer) pairs and sum the
-pairs' losses.
+student (`teacher="block3"`, `student="conv3"`), taken in the same forward
+pass that produces the models' outputs. They compare one or several
+(teacher layer, student layer) pairs (lists of paths) and sum the pairs'
+losses.
 """
 
 import keras
 from keras import ops
 
-from keras_distill._keras_internals import get_keras_mask
-from keras_distill.losses.base import DistillationLoss
-from keras_distill.losses.base import weighted_mean
-
-
-def _names(layers, argument):
-    names = [layers] if isinstance(layers, str) else list(layers or [])
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"`{argument}` must be a layer name or a list of layer names; "
-            f"received {layers!r}."
-        )
-    return names
-
-
-class LayerPairLoss(DistillationLoss):
-    """Base class of losses between pairs of teacher and student layers.
-
-    Subclasses implement `per_sample(teacher_feature, student_feature,
-    mask=None)`, returning one value per sample (or per position); the base
-    class averages it with `sample_weight` and the padding mask, and sums
-    over the layer pairs. The padding mask is the one Keras attached to the
-    student's feature (`Embedding(mask_zero=True)`, `Masking`), or, for
-    models that take it as an input (keras-hub's `"padding_mask"`), the
-    input named by `input_mask`.
-
-    Args:
-        teacher_layers: a teacher layer name, or a list of them.
-        student_layers: the student layer name(s), one per teacher layer.
-        input_mask: the key of a dict input holding a boolean mask of real
-            (not padded) positions, shape `(B, T)`. Defaults to `None`: the
-            features' own Keras mask, if any.
-        name: the loss's name in the logs.
-        **kwargs: other `DistillationLoss` arguments.
-    """
-
-    def __init__(
-        self, teacher_layers, student_layers, input_mask=None, name=None, **kwargs
-    ):
-        super().__init__(name=name, **kwargs)
-        self.input_mask = input_mask
-        self._teacher_names = _names(teacher_layers, "teacher_layers")
-        self._student_names = _names(student_layers, "student_layers")
-        if len(self._teacher_names) != len(self._student_names):
-            raise ValueError(
-                f"{type(self).__name__} pairs teacher and student layers one "
-                f"to one; got {len(self._teacher_names)} teacher layers and "
-                f"{len(self._student_names)} student layers."
-            )
-
-    def teacher_layers(self):
-        return tuple(self._teacher_names)
-
-    def student_layers(self):
-        return tuple(self._student_names)
-
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
-        total = 0.0
-        for index, (t_name, s_name) in enumerate(
-            zip(self._teacher_names, self._student_names)
-        ):
-            teacher = teacher_outputs[t_name]
-            student = self.map_student(index, student_outputs[s_name])
-            self.validate_outputs(teacher, student)
-            mask = self._padding_mask(student, inputs)
-            values = self.per_sample(teacher, student, mask=mask)
-            if mask is not None and len(mask.shape) != len(values.shape):
-                mask = None  # a sequence mask on a per-sample value
-            total = total + weighted_mean(values, sample_weight, mask)
-        return total
-
-    def _padding_mask(self, student, inputs):
-        if self.input_mask is None:
-            return get_keras_mask(student)
-        if not isinstance(inputs, dict) or self.input_mask not in inputs:
-            available = list(inputs) if isinstance(inputs, dict) else "not a dict"
-            raise ValueError(
-                f"{type(self).__name__}(input_mask={self.input_mask!r}) reads "
-                f"the padding mask from the inputs, but the inputs have no "
-                f"such key (keys: {available})."
-            )
-        return inputs[self.input_mask]
-
-    def map_student(self, index, student):
-        """Transforms the student feature of pair `index`; identity here."""
-        return student
-
-    def per_sample(self, teacher, student, mask=None):
-        raise NotImplementedError
-
-    def _config_layers(self, value):
-        return value[0] if len(value) == 1 else list(value)
-
-    def get_config(self):
-        config = super().get_config()
-        del config["output"]
-        return {
-            **config,
-            "teacher_layers": self._config_layers(self._teacher_names),
-            "student_layers": self._config_layers(self._student_names),
-            "input_mask": self.input_mask,
-        }
+from keras_distill.losses.base import PerSampleLoss
 
 
 def hidden_cosine(teacher_hidden, student_hidden):
@@ -147,7 +40,7 @@ def hidden_cosine(teacher_hidden, student_hidden):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class HiddenCosine(LayerPairLoss):
+class HiddenCosine(PerSampleLoss):
     """Aligns the student's hidden states with the teacher's, by direction.
 
     `1 - cos(teacher_hidden, student_hidden)` per position, averaged over
@@ -155,8 +48,8 @@ class HiddenCosine(LayerPairLoss):
     summed over layer pairs. The paired layers must have the same width.
 
     Args:
-        teacher_layer: a teacher layer name, or a list of them.
-        student_layer: the matching student layer name(s).
+        teacher: a teacher layer path, or a list of them (any source).
+        student: the matching student layer path(s).
         input_mask: the key of a dict input holding a boolean mask of real
             positions (`"padding_mask"` for keras-hub models). Defaults to
             `None`: the features' own Keras mask, if any.
@@ -172,13 +65,6 @@ class HiddenCosine(LayerPairLoss):
         Sanh et al., "DistilBERT, a distilled version of BERT", 2019.
     """
 
-    def __init__(
-        self, teacher_layer, student_layer, input_mask=None, name=None, **kwargs
-    ):
-        super().__init__(
-            teacher_layer, student_layer, input_mask=input_mask, name=name, **kwargs
-        )
-
     def validate_outputs(self, teacher_outputs, student_outputs):
         t, s = teacher_outputs.shape[-1], student_outputs.shape[-1]
         if t is not None and s is not None and t != s:
@@ -188,14 +74,8 @@ class HiddenCosine(LayerPairLoss):
                 "layers of the same width."
             )
 
-    def per_sample(self, teacher, student, mask=None):
-        return hidden_cosine(teacher, student)
-
-    def get_config(self):
-        config = super().get_config()
-        config["teacher_layer"] = config.pop("teacher_layers")
-        config["student_layer"] = config.pop("student_layers")
-        return config
+    def per_sample(self, context):
+        return hidden_cosine(context.teacher, context.student)
 
 
 def connector_for(student_shape, teacher_shape, name=None):
@@ -247,7 +127,7 @@ def connector_for(student_shape, teacher_shape, name=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class FitNet(LayerPairLoss):
+class FitNet(PerSampleLoss):
     """FitNets hint regression through a learned connector.
 
     The student's guided layer is mapped to the shape of the teacher's hint
@@ -259,8 +139,8 @@ class FitNet(LayerPairLoss):
     they are saved with the Distiller, and `export_student` leaves them out.
 
     Args:
-        teacher_layer: the hint layer's name, or a list of them.
-        student_layer: the guided layer's name(s), one per hint layer.
+        teacher: the hint layer's path, or a list of them (any source).
+        student: the guided layer's path(s), one per hint layer.
         connector: `"auto"`, a Keras layer, or a list with one of either per
             layer pair. Defaults to `"auto"`.
         input_mask: the key of a dict input holding a boolean mask of real
@@ -270,9 +150,7 @@ class FitNet(LayerPairLoss):
     Example:
 
     ```python
-    hints = keras_distill.losses.FitNet(
-        teacher_layer=["block2", "block3"], student_layer=["conv2", "conv3"]
-    )
+    hints = keras_distill.losses.FitNet(["block2", "block3"], ["conv2", "conv3"])
     ```
 
     Reference:
@@ -281,18 +159,11 @@ class FitNet(LayerPairLoss):
     """
 
     def __init__(
-        self,
-        teacher_layer,
-        student_layer,
-        connector="auto",
-        input_mask=None,
-        name=None,
-        **kwargs,
+        self, teacher=None, student=None, *, connector="auto", input_mask=None,
+        name=None, **kwargs
     ):
-        super().__init__(
-            teacher_layer, student_layer, input_mask=input_mask, name=name, **kwargs
-        )
-        count = len(self._teacher_names)
+        super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
+        count = len(self.teacher_sources)
         connectors = connector if isinstance(connector, (list, tuple)) else (
             [connector] * count
         )
@@ -311,18 +182,18 @@ class FitNet(LayerPairLoss):
         self.connectors = []
         self.built = False
 
-    def build(self, teacher_shapes, student_shapes):
-        """Creates the connectors from the tapped features' shapes.
+    def build(self, teacher_specs, student_specs):
+        """Creates the connectors from the shapes of the paired features.
 
         Args:
-            teacher_shapes: dict of teacher layer name to feature shape.
-            student_shapes: dict of student layer name to feature shape.
+            teacher_specs: one tensor (or `keras.KerasTensor`) per pair,
+                shaped like the teacher's features.
+            student_specs: the same for the student's.
         """
-        for i, (t_name, s_name, spec) in enumerate(
-            zip(self._teacher_names, self._student_names, self._connector_spec)
+        for i, (t_spec, s_spec, spec) in enumerate(
+            zip(teacher_specs, student_specs, self._connector_spec)
         ):
-            t_shape = tuple(teacher_shapes[t_name])
-            s_shape = tuple(student_shapes[s_name])
+            t_shape, s_shape = tuple(t_spec.shape), tuple(s_spec.shape)
             layer = (
                 connector_for(s_shape, t_shape, name=f"connector_{i}")
                 if spec == "auto"
@@ -333,24 +204,26 @@ class FitNet(LayerPairLoss):
             out_shape = tuple(layer.compute_output_shape(s_shape))
             if out_shape[1:] != t_shape[1:]:
                 raise ValueError(
-                    f"FitNet's connector for {s_name!r} -> {t_name!r} gives "
-                    f"features of shape {out_shape}, not the teacher's "
-                    f"{t_shape}."
+                    f"FitNet's connector for pair {i} ({self.student_sources[i]}"
+                    f" -> {self.teacher_sources[i]}) gives features of shape "
+                    f"{out_shape}, not the teacher's {t_shape}."
                 )
             self.connectors.append(layer)
+        self.built = True
 
-    def map_student(self, index, student):
+    def project(self, context):
+        """The student's tensor of this pair, through its connector."""
         # A Keras layer call carries the padding mask over where it applies.
-        return self.connectors[index](student)
+        return self.connectors[context.pair](context.student)
 
-    def per_sample(self, teacher, student, mask=None):
-        difference = ops.cast(student, "float32") - ops.cast(teacher, "float32")
+    def per_sample(self, context):
+        difference = ops.cast(self.project(context), "float32") - ops.cast(
+            context.teacher, "float32"
+        )
         return ops.mean(ops.square(difference), axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config["teacher_layer"] = config.pop("teacher_layers")
-        config["student_layer"] = config.pop("student_layers")
         connectors = [
             c if c == "auto" else keras.saving.serialize_keras_object(c)
             for c in self._connector_spec

@@ -12,12 +12,14 @@ softened probabilities are the targets and the loss is scaled by T^2.
 import keras
 from keras import ops
 
+from keras_distill import sources
+from keras_distill._keras_internals import get_keras_mask
+from keras_distill._keras_internals import set_untracked
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.response import check_class_counts
 from keras_distill.losses.response import kd
 from keras_distill.losses.response import soft_log_probabilities
-from keras_distill._keras_internals import get_keras_mask
 
 
 def _as_loss(identifier):
@@ -37,13 +39,13 @@ def _is_kl_divergence(loss_fn):
 
 
 class _StructuredLoss(DistillationLoss):
-    """A Keras loss, or a structure of them mirroring the models' outputs."""
+    """A Keras loss, or a structure of them mirroring the compared tensors."""
 
-    def __init__(self, loss, name=None, **kwargs):
-        super().__init__(name=name, **kwargs)
-        # Set past the layer's attribute tracking, which would turn the lists
-        # and dicts into tracked types that no longer match the outputs'.
-        object.__setattr__(self, "loss", keras.tree.map_structure(_as_loss, loss))
+    def __init__(self, loss, teacher, student, name=None, **kwargs):
+        super().__init__(teacher, student, name=name, **kwargs)
+        # Past the layer's attribute tracking, which would turn the lists and
+        # dicts into tracked types that no longer match the outputs'.
+        set_untracked(self, "loss", keras.tree.map_structure(_as_loss, loss))
         if all(fn is None for fn in keras.tree.flatten(self.loss)):
             raise ValueError(
                 f"{type(self).__name__}: `loss` must hold at least one loss "
@@ -51,13 +53,13 @@ class _StructuredLoss(DistillationLoss):
             )
 
     def _pairs(self, teacher_outputs, student_outputs):
-        """(loss_fn, teacher, student) for each output the loss covers."""
+        """(loss_fn, teacher, student) for each tensor the loss covers."""
         if not keras.tree.is_nested(self.loss):
             return [
                 (
                     self.loss,
-                    self.select_output(teacher_outputs),
-                    self.select_output(student_outputs),
+                    sources.select_output(teacher_outputs, None),
+                    sources.select_output(student_outputs, None),
                 )
             ]
         try:
@@ -80,28 +82,31 @@ class _StructuredLoss(DistillationLoss):
             if fn is not None
         ]
 
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
+    def prediction_pair(self, teacher_pass, student_pass):
+        ((teacher, student),) = self.read(teacher_pass, student_pass)
+        _, teacher, student = self._pairs(teacher, student)[0]
+        return teacher, student
+
+    def padding_mask(self, student, inputs):
+        return None  # each output's own, in `compute`
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        for _, teacher, student in self._pairs(teacher_outputs, student_outputs):
+            self.validate_pair(teacher, student)
+
+    def compute(self, context):
         total = 0.0
-        for loss_fn, teacher, student in self._pairs(
-            teacher_outputs, student_outputs
-        ):
-            self.validate_outputs(teacher, student)
+        for loss_fn, teacher, student in self._pairs(context.teacher, context.student):
             values = self._values(loss_fn, teacher, student)
             total = total + weighted_mean(
-                values, sample_weight, get_keras_mask(student)
+                values, context.sample_weight, get_keras_mask(student)
             )
         return total
 
     def get_config(self):
         config = super().get_config()
-        del config["output"]
+        for key in ("teacher", "student", "input_mask"):
+            del config[key]
         return {**config, "loss": keras.saving.serialize_keras_object(self.loss)}
 
     @classmethod
@@ -145,23 +150,19 @@ class LogitsDistillation(_StructuredLoss):
     compares_predictions = True
 
     def __init__(self, temperature=3.0, loss="kl_divergence", name=None, **kwargs):
-        super().__init__(loss=loss, name=name, **kwargs)
+        super().__init__(
+            loss, sources.AllOutputs(), sources.AllOutputs(), name=name, **kwargs
+        )
         self.temperature = self._add_temperature(temperature)
 
-    def prediction_pair(self, teacher_outputs, student_outputs):
-        _, teacher, student = self._pairs(teacher_outputs, student_outputs)[0]
-        return teacher, student
-
-    def validate_outputs(self, teacher_outputs, student_outputs):
-        check_class_counts(self, teacher_outputs, student_outputs)
+    def validate_pair(self, teacher, student):
+        check_class_counts(self, teacher, student)
 
     def _values(self, loss_fn, teacher, student):
         if _is_kl_divergence(loss_fn):
             return kd(teacher, student, self.temperature)
         targets = ops.exp(soft_log_probabilities(teacher, self.temperature))
-        if getattr(loss_fn, "from_logits", False) or getattr(
-            loss_fn, "_fn_kwargs", {}
-        ).get("from_logits", False):
+        if getattr(loss_fn, "from_logits", False):
             predictions = ops.cast(student, "float32") / self.temperature
         else:
             predictions = ops.exp(
@@ -212,34 +213,18 @@ class FeatureDistillation(_StructuredLoss):
         name=None,
         **kwargs,
     ):
-        super().__init__(loss=loss, name=name, **kwargs)
+        def source(layer_name):
+            return sources.AllOutputs() if layer_name is None else sources.Layer(layer_name)
+
+        super().__init__(
+            loss, source(teacher_layer_name), source(student_layer_name), name=name,
+            **kwargs,
+        )
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
 
-    def teacher_layers(self):
-        return () if self.teacher_layer_name is None else (self.teacher_layer_name,)
-
-    def student_layers(self):
-        return () if self.student_layer_name is None else (self.student_layer_name,)
-
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
-        if self.teacher_layer_name is not None:
-            teacher_outputs = teacher_outputs[self.teacher_layer_name]
-        if self.student_layer_name is not None:
-            student_outputs = student_outputs[self.student_layer_name]
-        return super().compute_loss(
-            teacher_outputs, student_outputs, labels, sample_weight, inputs
-        )
-
-    def validate_outputs(self, teacher_outputs, student_outputs):
-        t_shape, s_shape = tuple(teacher_outputs.shape), tuple(student_outputs.shape)
+    def validate_pair(self, teacher, student):
+        t_shape, s_shape = tuple(teacher.shape), tuple(student.shape)
         if len(t_shape) != len(s_shape) or any(
             t is not None and s is not None and t != s
             for t, s in zip(t_shape[1:], s_shape[1:])

@@ -7,11 +7,13 @@ widths may differ freely. Each reads one tensor per model, the output of a
 tapped layer or a model output, flattened to `(B, D)`.
 
 Sample weights weigh relations: a pair `(i, j)` counts `w_i * w_j` (a
-triplet `w_i * w_j * w_k`), and averages divide by the number of pairs, as
-Keras's `"sum_over_batch_size"` divides by the batch size. Normalisers (the
-mean distance of RKD, the row norms of SP, PKT's conditional probabilities,
-...) are taken over the samples of nonzero weight, so a sample of weight 0
-takes no part at all.
+triplet `w_i * w_j * w_k`). Each loss reduces as its authors' reference code
+does, so that the published weights mean what they meant: RKD averages over
+all `B^2` pairs and `B^3` triplets (coincident samples add 0), PKT over all
+`B^2` entries of its conditional distributions, SP and CC divide by `B^2` as
+their papers do. Normalisers (the mean distance of RKD, the row norms of
+SP, PKT's conditional probabilities, ...) are taken over the samples of
+nonzero weight, so a sample of weight 0 changes nothing but the count.
 
 Memory: the pairwise terms hold a few `(B, B)` matrices, computed from the
 Gram matrix of the features; the RKD angle term also holds a few
@@ -24,7 +26,7 @@ import math
 import keras
 from keras import ops
 
-from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import BatchLoss
 
 _EPS = 1e-12
 # RKD angles: rows whose squared distance is below this share of
@@ -81,8 +83,10 @@ def rkd_distance(teacher, student, sample_weight=None):
     """RKD's distance term: pairwise distances, each over its mean.
 
     `psi(x_i, x_j) = ||x_i - x_j|| / mu`, with `mu` the mean distance over
-    pairs of distinct samples; the loss averages `huber(psi_s - psi_t)`
-    over those pairs. Scaling either model's embeddings leaves it unchanged.
+    pairs of distinct samples; the loss is the mean of `huber(psi_s - psi_t)`
+    over all `B^2` ordered pairs (a sample and itself add 0), as the
+    authors' code averages it, so that their weight of 25 applies as is.
+    Scaling either model's embeddings leaves it unchanged.
 
     Args:
         teacher: teacher embeddings `(B, D_t)`.
@@ -108,16 +112,17 @@ def rkd_distance(teacher, student, sample_weight=None):
         return d / ops.maximum(mu, _EPS)
 
     terms = _huber(normalised(s) - normalised(t)) * pairs * w[:, None] * w[None, :]
-    return ops.sum(terms) / ops.maximum(ops.sum(pairs), 1.0)
+    return ops.sum(terms) / ops.cast(ops.shape(t)[0] ** 2, "float32")
 
 
 def rkd_angle(teacher, student, sample_weight=None):
     """RKD's angle term: cosines of the angles that triplets of samples form.
 
     For distinct `i, j, k`, the cosine of the angle at `x_j` between
-    `x_i - x_j` and `x_k - x_j`; the loss averages `huber(cos_s - cos_t)`
-    over those triplets. Translating or scaling embeddings leaves it
-    unchanged. The cosines come from the `(B, B)` Gram matrix of the
+    `x_i - x_j` and `x_k - x_j`; the loss is the mean of
+    `huber(cos_s - cos_t)` over all `B^3` triplets (degenerate ones add 0),
+    as the authors' code averages it, so that their weight of 50 applies as
+    is. Translating or scaling embeddings leaves it unchanged. The cosines come from the `(B, B)` Gram matrix of the
     centred embeddings; in float32 it gives a squared distance to about
     `1e-7 (|x_i|^2 + |x_j|^2)`, so two samples closer than
     `sqrt(1e-5 (|x_i|^2 + |x_j|^2))` count as coincident: no direction
@@ -161,7 +166,7 @@ def rkd_angle(teacher, student, sample_weight=None):
     triplets = distinct[:, :, None] * distinct[:, None, :] * distinct[None, :, :]
     weights = w[:, None, None] * w[None, :, None] * w[None, None, :]
     terms = _huber(cosines(s) - cosines(t)) * triplets * weights
-    return ops.sum(terms) / ops.maximum(ops.sum(triplets), 1.0)
+    return ops.sum(terms) / ops.cast(ops.shape(t)[0] ** 3, "float32")
 
 
 def similarity_preserving(teacher, student, sample_weight=None):
@@ -202,9 +207,10 @@ def pkt(teacher, student, sample_weight=None, eps=1e-7):
 
     Each sample's cosine similarities to the batch, mapped to `[0, 1]` by
     `(cos + 1) / 2` and normalised to sum to one, form a conditional
-    distribution `P(j | i)`; the loss is `KL(P_t(. | i) || P_s(. | i))`
-    per sample, averaged. Passalis & Tefas's code averages over all `B^2`
-    entries instead, which is this divided by `B`.
+    distribution `P(j | i)`; the loss is the mean over all `B^2` entries of
+    `P_t(j | i) log(P_t(j | i) / P_s(j | i))`, as Passalis & Tefas's code
+    computes it (the mean over samples of `KL(P_t(. | i) || P_s(. | i))`,
+    divided by `B`).
 
     Args:
         teacher: teacher features `(B, ...)`.
@@ -231,7 +237,7 @@ def pkt(teacher, student, sample_weight=None, eps=1e-7):
 
     p_t, p_s = conditionals(t), conditionals(s)
     per_sample = ops.sum(p_t * (ops.log(p_t + eps) - ops.log(p_s + eps)), axis=-1)
-    return ops.sum(per_sample * w) / ops.cast(ops.shape(t)[0], "float32")
+    return ops.sum(per_sample * w) / ops.cast(ops.shape(t)[0] ** 2, "float32")
 
 
 def correlation_congruence(
@@ -277,93 +283,31 @@ def correlation_congruence(
     return ops.sum(ops.square(difference) * w[:, None] * w[None, :]) / count
 
 
-class RelationLoss(DistillationLoss):
-    """Base class of losses on the relations between a batch's samples.
-
-    Reads one tensor per model: the output of `teacher_layer` and
-    `student_layer` when given, else the models' output (`output=` picks one
-    of several), flattened to `(B, D)`. Subclasses implement
-    `relation_loss(teacher, student, sample_weight)`.
-
-    Args:
-        teacher_layer: a teacher layer name or path, or `None` for the
-            teacher's output. Defaults to `None`.
-        student_layer: the matching student layer, given together with
-            `teacher_layer`. Defaults to `None`.
-        output: which output of multi-output models, when no layers are
-            named. Defaults to `None`.
-        name: the loss's name in the logs.
-        **kwargs: other `DistillationLoss` arguments.
-    """
-
-    def __init__(
-        self, teacher_layer=None, student_layer=None, output=None, name=None, **kwargs
-    ):
-        super().__init__(output=output, name=name, **kwargs)
-        if (teacher_layer is None) != (student_layer is None):
-            raise ValueError(
-                f"{type(self).__name__} reads a teacher layer and a student "
-                "layer together: give both `teacher_layer` and "
-                "`student_layer`, or neither to use the models' outputs. "
-                f"Received teacher_layer={teacher_layer!r}, "
-                f"student_layer={student_layer!r}."
-            )
-        self.teacher_layer = teacher_layer
-        self.student_layer = student_layer
-
-    def teacher_layers(self):
-        return () if self.teacher_layer is None else (self.teacher_layer,)
-
-    def student_layers(self):
-        return () if self.student_layer is None else (self.student_layer,)
-
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
-        if self.teacher_layer is None:
-            teacher, student = self.selected_pair(teacher_outputs, student_outputs)
-        else:
-            teacher = teacher_outputs[self.teacher_layer]
-            student = student_outputs[self.student_layer]
-        return self.relation_loss(teacher, student, sample_weight)
-
-    def relation_loss(self, teacher, student, sample_weight=None):
-        raise NotImplementedError
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "teacher_layer": self.teacher_layer,
-            "student_layer": self.student_layer,
-        }
-
-
 @keras.saving.register_keras_serializable(package="keras_distill")
-class RKD(RelationLoss):
+class RKD(BatchLoss):
     """Relational knowledge distillation: distances and angles (Park 2019).
 
-    `distance_weight * rkd_distance + angle_weight * rkd_angle`. The angle
-    term costs `O(B^2 (D + B))` memory; set `angle_weight=0` to skip it.
+    `distance_weight * rkd_distance + angle_weight * rkd_angle`, each
+    averaged over all pairs (triplets) of the batch as the authors' code
+    does, so that the paper's weights (25 and 50) are the defaults. The
+    angle term costs `O(B^2 (D + B))` memory; set `angle_weight=0` to skip
+    it. Reads any tensor of each model (flattened to `(B, D)`): their
+    outputs by default, or a layer, e.g. `RKD("embedding", "embedding")`.
 
     Args:
+        teacher: the teacher's embeddings: `None` (its output) or a source.
+            Defaults to `None`.
+        student: the student's embeddings. Defaults to `None`.
         distance_weight: weight of the distance term. Defaults to 25 (the
             paper's).
         angle_weight: weight of the angle term. Defaults to 50 (the
             paper's).
-        teacher_layer: the teacher layer to read, as in `RelationLoss`.
-        student_layer: the student layer to read, as in `RelationLoss`.
-        output: the output to read without layers, as in `RelationLoss`.
         name: the loss's name. Defaults to `"rkd"`.
 
     Example:
 
     ```python
-    keras_distill.losses.RKD(teacher_layer="embedding", student_layer="embedding")
+    keras_distill.losses.RKD("embedding", "embedding")
     ```
 
     Reference:
@@ -372,16 +316,10 @@ class RKD(RelationLoss):
     """
 
     def __init__(
-        self,
-        distance_weight=25.0,
-        angle_weight=50.0,
-        teacher_layer=None,
-        student_layer=None,
-        output=None,
-        name=None,
-        **kwargs,
+        self, teacher=None, student=None, *, distance_weight=25.0,
+        angle_weight=50.0, name=None, **kwargs
     ):
-        super().__init__(teacher_layer, student_layer, output, name, **kwargs)
+        super().__init__(teacher, student, name=name, **kwargs)
         if distance_weight < 0 or angle_weight < 0:
             raise ValueError(
                 "RKD: `distance_weight` and `angle_weight` must be >= 0; "
@@ -390,12 +328,13 @@ class RKD(RelationLoss):
         self.distance_weight = float(distance_weight)
         self.angle_weight = float(angle_weight)
 
-    def relation_loss(self, teacher, student, sample_weight=None):
+    def compute(self, context):
         loss = 0.0
+        t, s, w = context.teacher, context.student, context.sample_weight
         if self.distance_weight:
-            loss += self.distance_weight * rkd_distance(teacher, student, sample_weight)
+            loss += self.distance_weight * rkd_distance(t, s, w)
         if self.angle_weight:
-            loss += self.angle_weight * rkd_angle(teacher, student, sample_weight)
+            loss += self.angle_weight * rkd_angle(t, s, w)
         return loss
 
     def get_config(self):
@@ -407,7 +346,7 @@ class RKD(RelationLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class SimilarityPreserving(RelationLoss):
+class SimilarityPreserving(BatchLoss):
     """Similarity-preserving distillation (Tung & Mori 2019).
 
     Matches the row-normalised batch similarity matrices of the teacher's
@@ -415,9 +354,9 @@ class SimilarityPreserving(RelationLoss):
     it by gamma = 3000 against the label loss.
 
     Args:
-        teacher_layer: the teacher layer to read, as in `RelationLoss`.
-        student_layer: the student layer to read, as in `RelationLoss`.
-        output: the output to read without layers, as in `RelationLoss`.
+        teacher: the teacher's features: `None` (its output) or a source.
+            Defaults to `None`.
+        student: the student's features. Defaults to `None`.
         name: the loss's name. Defaults to `"similarity_preserving"`.
 
     Example:
@@ -431,21 +370,24 @@ class SimilarityPreserving(RelationLoss):
         2019.
     """
 
-    def relation_loss(self, teacher, student, sample_weight=None):
-        return similarity_preserving(teacher, student, sample_weight)
+    def compute(self, context):
+        return similarity_preserving(
+            context.teacher, context.student, context.sample_weight
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class PKT(RelationLoss):
+class PKT(BatchLoss):
     """Probabilistic knowledge transfer (Passalis & Tefas 2018).
 
     KL divergence between the teacher's and the student's distributions of
-    cosine similarities over the batch (`pkt`).
+    cosine similarities over the batch (`pkt`), reduced as the authors'
+    code does.
 
     Args:
-        teacher_layer: the teacher layer to read, as in `RelationLoss`.
-        student_layer: the student layer to read, as in `RelationLoss`.
-        output: the output to read without layers, as in `RelationLoss`.
+        teacher: the teacher's features: `None` (its output) or a source.
+            Defaults to `None`.
+        student: the student's features. Defaults to `None`.
         name: the loss's name. Defaults to `"pkt"`.
 
     Example:
@@ -459,24 +401,25 @@ class PKT(RelationLoss):
         Probabilistic Knowledge Transfer", ECCV 2018.
     """
 
-    def relation_loss(self, teacher, student, sample_weight=None):
-        return pkt(teacher, student, sample_weight)
+    def compute(self, context):
+        return pkt(context.teacher, context.student, context.sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class CorrelationCongruence(RelationLoss):
+class CorrelationCongruence(BatchLoss):
     """Correlation congruence (Peng et al. 2019).
 
     Matches the Gaussian-kernel correlation matrices of the L2-normalised
-    embeddings, or their Taylor approximation (`correlation_congruence`).
+    embeddings, or their Taylor approximation (`correlation_congruence`),
+    divided by `B^2` as in the paper.
 
     Args:
+        teacher: the teacher's embeddings: `None` (its output) or a source.
+            Defaults to `None`.
+        student: the student's embeddings. Defaults to `None`.
         gamma: the kernel's width parameter. Defaults to 0.4.
         order: the Taylor order, or `None` for the exact Gaussian kernel.
             Defaults to 2.
-        teacher_layer: the teacher layer to read, as in `RelationLoss`.
-        student_layer: the student layer to read, as in `RelationLoss`.
-        output: the output to read without layers, as in `RelationLoss`.
         name: the loss's name. Defaults to `"correlation_congruence"`.
 
     Example:
@@ -491,16 +434,9 @@ class CorrelationCongruence(RelationLoss):
     """
 
     def __init__(
-        self,
-        gamma=0.4,
-        order=2,
-        teacher_layer=None,
-        student_layer=None,
-        output=None,
-        name=None,
-        **kwargs,
+        self, teacher=None, student=None, *, gamma=0.4, order=2, name=None, **kwargs
     ):
-        super().__init__(teacher_layer, student_layer, output, name, **kwargs)
+        super().__init__(teacher, student, name=name, **kwargs)
         if gamma <= 0:
             raise ValueError(f"CorrelationCongruence: `gamma` must be > 0; received {gamma}.")
         if order is not None and (not isinstance(order, int) or order < 0):
@@ -511,9 +447,10 @@ class CorrelationCongruence(RelationLoss):
         self.gamma = float(gamma)
         self.order = order
 
-    def relation_loss(self, teacher, student, sample_weight=None):
+    def compute(self, context):
         return correlation_congruence(
-            teacher, student, sample_weight, self.gamma, self.order
+            context.teacher, context.student, context.sample_weight, self.gamma,
+            self.order,
         )
 
     def get_config(self):

@@ -12,14 +12,16 @@ import math
 import keras
 from keras import ops
 
-from keras_distill.losses.base import DistillationLoss
+from keras_distill.losses.base import BatchLoss
+from keras_distill.losses.base import PerSampleLoss
 from keras_distill.losses.base import combined_weights
 from keras_distill.losses.base import weighted_mean
-from keras_distill._keras_internals import get_keras_mask
 
 DIVERGENCES = ("forward", "reverse", "js")
-_PROBABILITY_FLOOR = 1e-12
 _EXCLUDED_LOGIT = -1e9
+# The smallest normal float32: a student's probabilities are floored here
+# before the logarithm, so that its gradient stays finite.
+_TINY = 1.1754944e-38
 
 
 def soft_log_probabilities(scores, temperature=1.0, from_logits=True):
@@ -31,28 +33,45 @@ def soft_log_probabilities(scores, temperature=1.0, from_logits=True):
         temperature: the softmax temperature T > 0. Defaults to 1.
         from_logits: whether `scores` are logits. Probabilities (from a
             black-box teacher, say) are softened as `p^(1/T)` renormalised,
-            which is what `softmax(logits / T)` gives for any logits of `p`.
-            Defaults to `True`.
+            which is what `softmax(logits / T)` gives for any logits of `p`;
+            a probability of 0 stays 0 at every temperature. Defaults to
+            `True`.
 
     Returns:
         `log_softmax(scores / T)`, of the shape of `scores`.
     """
     scores = ops.cast(scores, "float32")
     if not from_logits:
-        scores = ops.log(ops.maximum(scores, _PROBABILITY_FLOOR))
-    return ops.log_softmax(scores / ops.cast(temperature, "float32"), axis=-1)
+        scores = ops.log(scores)
+    return ops.log_softmax(scores / temperature, axis=-1)
 
 
 def _kl(log_p, log_q):
-    """KL(p || q) over the last axis, with 0 log 0 = 0."""
+    """KL(p || q) over the last axis, with 0 log 0 = 0 (NaN stays NaN)."""
     p = ops.exp(log_p)
-    return ops.sum(ops.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+    return ops.sum(ops.where(p == 0, 0.0, p * (log_p - log_q)), axis=-1)
+
+
+def _reverse_kl_on_support(log_p, log_q):
+    """KL(q_S || p), q_S the student renormalised on the teacher's support.
+
+    Where the teacher gives a class probability 0 (a top-k teacher's
+    dropped classes, a black-box teacher's zeros), KL(q || p) is infinite
+    for any student with mass there; it is taken over the classes the
+    teacher supports instead. Both logarithms are made finite off the
+    support, so that no gradient there is NaN.
+    """
+    support = ops.not_equal(log_p, -math.inf)  # NaN stays in, and stays NaN
+    log_q_s = ops.log_softmax(ops.where(support, log_q, -math.inf), axis=-1)
+    q_s = ops.exp(log_q_s)
+    difference = ops.where(support, log_q_s, 0.0) - ops.where(support, log_p, 0.0)
+    return ops.sum(q_s * difference, axis=-1)
 
 
 def kd(
     teacher_logits,
     student_logits,
-    temperature=1.0,
+    temperature=4.0,
     divergence="forward",
     teacher_from_logits=True,
     student_from_logits=True,
@@ -66,20 +85,23 @@ def kd(
       not depend on the student, so the gradients are the same.
     - `"reverse"`: T^2 KL(q || p), mode-seeking; MiniLLM (Gu et al. 2024)
       argues for it when a small generative student cannot cover every mode
-      of its teacher.
+      of its teacher. Where the teacher gives classes a probability of 0
+      (a top-k `Precomputed` teacher), it is taken over the classes the
+      teacher supports, the student's probabilities renormalised there.
     - `"js"`: T^2 JS(p, q) = T^2 (KL(p || m) + KL(q || m)) / 2 with
       m = (p + q) / 2; symmetric and bounded by T^2 log 2.
 
     Args:
         teacher_logits: teacher scores, shape `(B, ..., C)`.
         student_logits: student scores, shape `(B, ..., C)`.
-        temperature: softmax temperature T > 0. Defaults to 1.
+        temperature: softmax temperature T > 0. Defaults to 4, as `KD`.
         divergence: `"forward"`, `"reverse"` or `"js"`. Defaults to
             `"forward"`.
         teacher_from_logits: `False` when the teacher gives probabilities.
             Defaults to `True`.
-        student_from_logits: `False` when the student ends in a softmax.
-            Defaults to `True`.
+        student_from_logits: `False` when the student ends in a softmax
+            (its probabilities are floored at the smallest normal float32
+            before the logarithm). Defaults to `True`.
 
     Returns:
         A float32 tensor of shape `(B, ...)`.
@@ -89,16 +111,18 @@ def kd(
         Network", 2015.
     """
     check_divergence(divergence)
+    if not student_from_logits:
+        student_logits = ops.maximum(ops.cast(student_logits, "float32"), _TINY)
     log_p = soft_log_probabilities(teacher_logits, temperature, teacher_from_logits)
     log_q = soft_log_probabilities(student_logits, temperature, student_from_logits)
     if divergence == "forward":
         value = _kl(log_p, log_q)
     elif divergence == "reverse":
-        value = _kl(log_q, log_p)
+        value = _reverse_kl_on_support(log_p, log_q)
     else:
         log_m = ops.logaddexp(log_p, log_q) - math.log(2.0)
         value = 0.5 * (_kl(log_p, log_m) + _kl(log_q, log_m))
-    return value * ops.square(ops.cast(temperature, "float32"))
+    return value * ops.square(temperature)
 
 
 def dkd(
@@ -260,8 +284,8 @@ def check_divergence(divergence):
         )
 
 
-class ResponseLoss(DistillationLoss):
-    """Base of the losses on class scores: same class count on both sides."""
+class _ComparesClassScores:
+    """Mixin of the losses on class scores: same class count on both sides."""
 
     compares_predictions = True
 
@@ -270,7 +294,7 @@ class ResponseLoss(DistillationLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class KD(ResponseLoss):
+class KD(_ComparesClassScores, PerSampleLoss):
     """Hinton knowledge distillation on softened class probabilities.
 
     `T^2 KL(softmax(teacher / T) || softmax(student / T))` per sample (or the
@@ -278,6 +302,9 @@ class KD(ResponseLoss):
     and padding masks. See `keras_distill.losses.kd` for the formulas.
 
     Args:
+        teacher: the teacher's class scores: `None` (its output) or a source
+            (`keras_distill.sources`). Defaults to `None`.
+        student: the student's class scores. Defaults to `None`.
         temperature: softmax temperature T > 0, held in a non-trainable
             variable that `TemperatureScheduler` can change. Defaults to 4.
         divergence: `"forward"` (Hinton), `"reverse"` (mode-seeking) or
@@ -286,8 +313,8 @@ class KD(ResponseLoss):
             (a black-box API). Defaults to `True`.
         student_from_logits: `False` for a student ending in a softmax.
             Defaults to `True`.
-        output: the output to distil in multi-output models. Defaults to
-            `None` (the only output).
+        input_mask: the key of a dict input holding a padding mask. Defaults
+            to `None`: the student output's Keras mask, if any.
         name: the loss's name in the logs. Defaults to `"kd"`.
 
     Example:
@@ -305,25 +332,28 @@ class KD(ResponseLoss):
 
     def __init__(
         self,
+        teacher=None,
+        student=None,
+        *,
         temperature=4.0,
         divergence="forward",
         teacher_from_logits=True,
         student_from_logits=True,
-        output=None,
+        input_mask=None,
         name=None,
         **kwargs,
     ):
-        super().__init__(output=output, name=name, **kwargs)
+        super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         check_divergence(divergence)
         self.temperature = self._add_temperature(temperature)
         self.divergence = divergence
         self.teacher_from_logits = teacher_from_logits
         self.student_from_logits = student_from_logits
 
-    def per_sample(self, teacher, student, labels=None):
+    def per_sample(self, context):
         return kd(
-            teacher,
-            student,
+            context.teacher,
+            context.student,
             self.temperature,
             self.divergence,
             self.teacher_from_logits,
@@ -341,7 +371,7 @@ class KD(ResponseLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class DKD(ResponseLoss):
+class DKD(_ComparesClassScores, PerSampleLoss):
     """Decoupled knowledge distillation (target and non-target parts).
 
     `T^2 (alpha TCKD + beta NCKD)` per sample; needs the true labels. The
@@ -349,11 +379,12 @@ class DKD(ResponseLoss):
     loss's weight with `keras_distill.callbacks.LossWeightScheduler`.
 
     Args:
+        teacher: the teacher's class scores, as in `KD`. Defaults to `None`.
+        student: the student's class scores. Defaults to `None`.
         alpha: weight of target-class KD. Defaults to 1.
         beta: weight of non-target-class KD. Defaults to 8.
         temperature: softmax temperature, schedulable. Defaults to 4.
-        output: the output to distil in multi-output models. Defaults to
-            `None`.
+        input_mask: as in `KD`. Defaults to `None`.
         name: the loss's name in the logs. Defaults to `"dkd"`.
 
     Example:
@@ -370,15 +401,19 @@ class DKD(ResponseLoss):
     """
 
     def __init__(
-        self, alpha=1.0, beta=8.0, temperature=4.0, output=None, name=None, **kwargs
+        self, teacher=None, student=None, *, alpha=1.0, beta=8.0, temperature=4.0,
+        input_mask=None, name=None, **kwargs
     ):
-        super().__init__(output=output, name=name, **kwargs)
+        super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = self._add_temperature(temperature)
 
-    def per_sample(self, teacher, student, labels=None):
-        return dkd(teacher, student, labels, self.alpha, self.beta, self.temperature)
+    def per_sample(self, context):
+        return dkd(
+            context.teacher, context.student, context.labels, self.alpha,
+            self.beta, self.temperature,
+        )
 
     def get_config(self):
         return {
@@ -390,19 +425,21 @@ class DKD(ResponseLoss):
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
-class DIST(ResponseLoss):
+class DIST(_ComparesClassScores, BatchLoss):
     """DIST: inter- and intra-class Pearson correlation matching.
 
     Relaxes exact probability matching to matching the teacher's relations,
-    which helps when the teacher is much stronger than the student. See
-    `keras_distill.losses.dist`.
+    which helps when the teacher is much stronger than the student. The
+    intra-class term correlates each class's scores over the batch, so the
+    loss is a property of the whole batch. See `keras_distill.losses.dist`.
 
     Args:
+        teacher: the teacher's class scores, as in `KD`. Defaults to `None`.
+        student: the student's class scores. Defaults to `None`.
         beta: weight of the inter-class term. Defaults to 1.
         gamma: weight of the intra-class term. Defaults to 1.
         temperature: softmax temperature, schedulable. Defaults to 1.
-        output: the output to distil in multi-output models. Defaults to
-            `None`.
+        input_mask: as in `KD`. Defaults to `None`.
         name: the loss's name in the logs. Defaults to `"dist"`.
 
     Reference:
@@ -411,30 +448,23 @@ class DIST(ResponseLoss):
     """
 
     def __init__(
-        self, beta=1.0, gamma=1.0, temperature=1.0, output=None, name=None, **kwargs
+        self, teacher=None, student=None, *, beta=1.0, gamma=1.0, temperature=1.0,
+        input_mask=None, name=None, **kwargs
     ):
-        super().__init__(output=output, name=name, **kwargs)
+        super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         self.beta = float(beta)
         self.gamma = float(gamma)
         self.temperature = self._add_temperature(temperature)
 
-    def compute_loss(
-        self,
-        teacher_outputs,
-        student_outputs,
-        labels=None,
-        sample_weight=None,
-        inputs=None,
-    ):
-        teacher, student = self.selected_pair(teacher_outputs, student_outputs)
+    def compute(self, context):
         return dist(
-            teacher,
-            student,
+            context.teacher,
+            context.student,
             self.beta,
             self.gamma,
             self.temperature,
-            sample_weight,
-            get_keras_mask(student),
+            context.sample_weight,
+            context.mask,
         )
 
     def get_config(self):
@@ -455,5 +485,6 @@ def check_class_counts(loss, teacher, student):
             f"gives {t_classes} per sample (shape {tuple(teacher.shape)}) and "
             f"the student {s_classes} (shape {tuple(student.shape)}). Give "
             f"the student an output layer with {t_classes} units, or pick "
-            "matching outputs with `output=`."
+            "matching tensors with `teacher=` and `student=` (e.g. "
+            "keras_distill.sources.Output('logits'))."
         )

@@ -8,7 +8,9 @@ from keras import ops
 import keras_distill
 from keras_distill.callbacks import LossWeightScheduler
 from keras_distill.callbacks import TemperatureScheduler
+from keras_distill.losses import DKD
 from keras_distill.losses import KD
+from keras_distill.losses import FitNet
 from tests.conftest import classification_data
 from tests.conftest import mlp
 
@@ -16,15 +18,15 @@ SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 JIT_MODES = [False] if keras.backend.backend() == "torch" else [False, True]
 
 
-class TemperatureProbe(keras_distill.DistillationLoss):
+class TemperatureProbe(keras_distill.losses.PerSampleLoss):
     """A loss whose value is its temperature: the step's view of the variable."""
 
-    def __init__(self, temperature=1.0, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, teacher=None, student=None, *, temperature=1.0, **kwargs):
+        super().__init__(teacher, student, **kwargs)
         self.temperature = self._add_temperature(temperature)
 
-    def per_sample(self, teacher, student, labels=None):
-        return ops.ones_like(student[:, 0]) * self.temperature
+    def per_sample(self, context):
+        return ops.ones_like(context.student[:, 0]) * self.temperature
 
 
 def fit(losses, callbacks, epochs=3, jit_compile=False, **kwargs):
@@ -106,6 +108,8 @@ def test_bad_schedules_and_targets_raise_clear_errors():
         fit(KD(), [LossWeightScheduler(lambda e: 1.0, loss="kdd")], epochs=1)
     with pytest.raises(ValueError, match=">= 0"):
         fit(KD(), [LossWeightScheduler(lambda e: -1.0, loss="kd")], epochs=1)
+    with pytest.raises(ValueError, match=r"none of the Distiller's losses \(\['fit_net'\]\)"):
+        fit(FitNet("hidden", "hidden"), [TemperatureScheduler(lambda e: 2.0)], epochs=1)
     with pytest.raises(TypeError, match="callable"):
         TemperatureScheduler(3.0)
     with pytest.raises(ValueError, match="update_freq"):
@@ -114,4 +118,49 @@ def test_bad_schedules_and_targets_raise_clear_errors():
         model = mlp(4)
         model.compile(loss=SCCE)
         x, y = classification_data(16)
+        model.fit(x, y, verbose=0, callbacks=[TemperatureScheduler(lambda e: 1.0)])
+
+
+def test_the_variables_come_from_schedulable_variables():
+    kd, dkd, hints = KD(temperature=3.0), DKD(temperature=2.0), FitNet("hidden", "hidden")
+    distiller = keras_distill.Distiller(
+        mlp(16), mlp(4), [kd, dkd, hints], distillation_loss_weights=[0.1, 0.2, 0.3]
+    )
+    found = distiller.schedulable_variables()
+    assert set(found) == {"loss_weight", "temperature"}
+    assert list(found["loss_weight"]) == ["student", "kd", "dkd", "fit_net"]
+    assert found["loss_weight"]["student"] is distiller.student_loss_weight
+    for name, variable in zip(["kd", "dkd", "fit_net"], distiller.distillation_loss_weights):
+        assert found["loss_weight"][name] is variable
+    assert sorted(found["temperature"]) == ["dkd", "kd"]  # FitNet has none
+    assert found["temperature"]["kd"] is kd.schedulable_variables()["temperature"]
+    assert float(found["temperature"]["kd"].numpy()) == 3.0
+    assert float(found["temperature"]["dkd"].numpy()) == 2.0
+    assert hints.schedulable_variables() == {}
+
+
+class Scaled(keras.Model):
+    """Not a Distiller: a model whose output scale is a schedulable weight."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(3)
+        self.scale = self.add_weight(shape=(), initializer="ones", trainable=False)
+
+    def call(self, x):
+        return self.dense(x) * self.scale
+
+    def schedulable_variables(self):
+        return {"loss_weight": {"student": self.scale}, "temperature": {}}
+
+
+def test_any_model_with_schedulable_variables_is_scheduled():
+    x, y = classification_data(32)
+    model = Scaled()
+    model.compile(loss=SCCE)
+    schedule = LossWeightScheduler(lambda epoch: [2.0, 3.0][epoch], loss="student")
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[schedule]).history
+    assert history["student_weight"] == [2.0, 3.0]
+    assert float(model.scale.numpy()) == 3.0
+    with pytest.raises(ValueError, match="none of the Distiller's losses"):
         model.fit(x, y, verbose=0, callbacks=[TemperatureScheduler(lambda e: 1.0)])

@@ -7,6 +7,7 @@ a few against literal numbers computed once with those references.
 """
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 
 import keras_distill
 from keras_distill.losses import AttentionTransfer
+from keras_distill.sources import Layer
+from keras_distill.taps import ForwardPass
 from keras_distill.losses import attention_transfer
 from keras_distill.losses import spatial_attention
 from tests.reference import assert_close
@@ -131,7 +134,7 @@ def test_non_divisible_sizes_raise():
             attention_transfer(fmap(t_shape, 15), fmap(s_shape, 16))
         loss = AttentionTransfer("t", "s")
         with pytest.raises(ValueError):
-            loss.compute_loss({"t": fmap(t_shape, 15)}, {"s": fmap(s_shape, 16)})
+            loss.compute_loss(fmap(t_shape, 15), fmap(s_shape, 16))
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def test_attention_transfer_literal_values(p):
     t, s = AT_TEACHER.astype("float32"), AT_STUDENT.astype("float32")
     assert_close(attention_transfer(t, s, p), AT_LITERALS[p], rtol=1e-4)
     loss = AttentionTransfer("t", "s", p=p)
-    assert_close(loss.compute_loss({"t": t}, {"s": s}), np.mean(AT_LITERALS[p]), rtol=1e-4)
+    assert_close(loss.compute_loss(t, s), np.mean(AT_LITERALS[p]), rtol=1e-4)
 
 
 def test_attention_transfer_literal_weighted_value():
@@ -160,7 +163,7 @@ def test_attention_transfer_literal_weighted_value():
     w = np.array([0.5, 2.0], "float32")
     # np.sum(ref_attention_transfer(AT_TEACHER, AT_STUDENT, 2.0) * w) / 2.
     assert_close(
-        AttentionTransfer("t", "s").compute_loss({"t": t}, {"s": s}, sample_weight=w),
+        AttentionTransfer("t", "s").compute_loss(t, s, sample_weight=w),
         0.08116878138688403,
         rtol=1e-4,
     )
@@ -174,18 +177,20 @@ def test_attention_transfer_literal_weighted_value():
 def test_class_sums_pairs_and_honours_sample_weight():
     t1, s1 = fmap((4, 8, 8, 6), 17), fmap((4, 4, 4, 2), 18)
     t2, s2 = fmap((4, 4, 4, 8), 19), fmap((4, 4, 4, 3), 20)
-    loss = AttentionTransfer(teacher_layers=["t1", "t2"], student_layers=["s1", "s2"], p=2)
-    assert loss.teacher_layers() == ("t1", "t2")
-    assert loss.student_layers() == ("s1", "s2")
-    teacher = {"t1": t1, "t2": t2, "unused": fmap((4, 2, 2, 1), 21)}
-    student = {"s1": s1, "s2": s2}
+    loss = AttentionTransfer(["t1", "t2"], ["s1", "s2"], p=2)
+    assert loss.tap_paths("teacher") == ("t1", "t2")
+    assert loss.tap_paths("student") == ("s1", "s2")
     v1, v2 = ref_attention_transfer(t1, s1, 2.0), ref_attention_transfer(t2, s2, 2.0)
-    value = loss.compute_loss(teacher, student)
+    value = loss.compute_loss([t1, t2], [s1, s2])
     assert tuple(value.shape) == ()
     assert_close(value, v1.mean() + v2.mean(), rtol=1e-4)
+    # Read by path from forward passes; other tapped features are ignored.
+    teacher = ForwardPass(None, {"t2": t2, "t1": t1, "unused": fmap((4, 2, 2, 1), 21)})
+    student = ForwardPass(None, {"s1": s1, "s2": s2})
+    assert_close(loss.from_passes(teacher, student), v1.mean() + v2.mean(), rtol=1e-4)
     w = np.array([0.5, 2.0, 0.0, 1.5], "float32")
     assert_close(
-        loss.compute_loss(teacher, student, sample_weight=w),
+        loss.from_passes(teacher, student, sample_weight=w),
         np.sum(v1 * w) / 4 + np.sum(v2 * w) / 4,
         rtol=1e-4,
     )
@@ -193,10 +198,41 @@ def test_class_sums_pairs_and_honours_sample_weight():
     s1_other = s1.copy()
     s1_other[2] = fmap((4, 4, 2), 22) * 100.0
     assert_close(
-        loss.compute_loss(teacher, {"s1": s1_other, "s2": s2}, sample_weight=w),
+        loss.compute_loss([t1, t2], [s1_other, s2], sample_weight=w),
         np.sum(v1 * w) / 4 + np.sum(v2 * w) / 4,
         rtol=1e-4,
     )
+
+
+def test_deprecated_layer_list_arguments_warn_and_name_the_same_layers():
+    """`teacher_layers=` / `student_layers=` (the old names) still work, with
+    a DeprecationWarning naming the new argument; the new spelling warns not."""
+    with pytest.warns(DeprecationWarning) as record:
+        old = AttentionTransfer(teacher_layers=["t1", "t2"], student_layers=["s1", "s2"], p=4)
+    messages = [str(w.message) for w in record if issubclass(w.category, DeprecationWarning)]
+    assert any("teacher_layers=" in m and "pass teacher=" in m for m in messages), messages
+    assert any("student_layers=" in m and "pass student=" in m for m in messages), messages
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        new = AttentionTransfer(["t1", "t2"], ["s1", "s2"], p=4)
+    assert not [w for w in record if "is deprecated" in str(w.message)]
+    assert old.teacher_sources == new.teacher_sources == [Layer("t1"), Layer("t2")]
+    assert old.student_sources == new.student_sources == [Layer("s1"), Layer("s2")]
+    assert old.get_config() == new.get_config()
+    t1, s1 = fmap((3, 8, 8, 4), 60), fmap((3, 4, 4, 2), 61)
+    t2, s2 = fmap((3, 4, 4, 4), 62), fmap((3, 4, 4, 2), 63)
+    assert_close(
+        old.compute_loss([t1, t2], [s1, s2]),
+        ref_attention_transfer(t1, s1, 4.0).mean() + ref_attention_transfer(t2, s2, 4.0).mean(),
+        rtol=1e-4,
+    )
+
+
+def test_positional_exponent_raises():
+    with pytest.raises(TypeError):
+        AttentionTransfer("t", "s", 2.0)  # p is keyword-only
+    with pytest.raises(TypeError, match="keyword arguments"):
+        AttentionTransfer(2.0)
 
 
 @pytest.mark.parametrize("p", EXPONENTS)
@@ -204,7 +240,7 @@ def test_class_exponent_matches_reference(p):
     t, s = fmap((3, 8, 8, 4), 23), fmap((3, 4, 4, 2), 24)
     loss = AttentionTransfer("t", "s", p=p)
     assert_close(
-        loss.compute_loss({"t": t}, {"s": s}), ref_attention_transfer(t, s, p).mean(), rtol=1e-4
+        loss.compute_loss(t, s), ref_attention_transfer(t, s, p).mean(), rtol=1e-4
     )
 
 
@@ -223,17 +259,17 @@ def test_constructor_errors():
 def test_rank_and_length_mismatches_raise():
     loss = AttentionTransfer("t", "s")
     with pytest.raises(ValueError, match="rank|shape"):
-        loss.compute_loss({"t": fmap((2, 4, 4, 3), 25)}, {"s": fmap((2, 16, 3), 26)})
+        loss.compute_loss(fmap((2, 4, 4, 3), 25), fmap((2, 16, 3), 26))
     with pytest.raises(ValueError):
-        loss.compute_loss({"t": fmap((2, 16, 3), 27)}, {"s": fmap((2, 4, 4, 3), 28)})
+        loss.compute_loss(fmap((2, 16, 3), 27), fmap((2, 4, 4, 3), 28))
     with pytest.raises(ValueError):
-        loss.compute_loss({"t": fmap((2, 16), 29)}, {"s": fmap((2, 16), 30)})
+        loss.compute_loss(fmap((2, 16), 29), fmap((2, 16), 30))
     with pytest.raises(ValueError, match="length"):
-        loss.compute_loss({"t": fmap((2, 8, 3), 31)}, {"s": fmap((2, 6, 3), 32)})
+        loss.compute_loss(fmap((2, 8, 3), 31), fmap((2, 6, 3), 32))
     # Equal lengths with different channel counts are fine.
     t, s = fmap((2, 8, 5), 33), fmap((2, 8, 3), 34)
     assert_close(
-        loss.compute_loss({"t": t}, {"s": s}), ref_attention_transfer(t, s).mean(), rtol=1e-4
+        loss.compute_loss(t, s), ref_attention_transfer(t, s).mean(), rtol=1e-4
     )
 
 
@@ -252,8 +288,8 @@ def test_zero_feature_maps_give_finite_values_and_gradients():
     # Sample 0 is regular and matches the reference.
     assert_close(values[0], ref_attention_transfer(t[:1], s[:1])[0], rtol=1e-4)
     for name, fn, x in (
-        ("student", lambda x: loss.compute_loss({"t": t}, {"s": x}), s),
-        ("teacher", lambda x: loss.compute_loss({"t": x}, {"s": s}), t),
+        ("student", lambda x: loss.compute_loss(t, x), s),
+        ("teacher", lambda x: loss.compute_loss(x, s), t),
     ):
         assert np.isfinite(to_np(fn(keras.ops.convert_to_tensor(x)))), name
         grad = grad_wrt(fn, x)
@@ -310,9 +346,9 @@ def test_distiller_trains_and_evaluates_attention_transfer():
 # ---------------------------------------------------------------------------
 
 CONSTRUCTIONS = [
-    {"teacher_layers": "block1", "student_layers": "conv1", "p": 2.0,
+    {"teacher": "block1", "student": "conv1", "p": 2.0,
      "input_mask": None, "name": "at"},
-    {"teacher_layers": ["b1", "b2"], "student_layers": ["c1", "c2"], "p": 4.0,
+    {"teacher": ["b1", "b2"], "student": ["c1", "c2"], "p": 4.0,
      "input_mask": None, "name": "attention_transfer"},
 ]
 
@@ -325,7 +361,7 @@ def test_get_config_is_the_constructor_arguments(kwargs):
         "self", "kwargs"
     }
     assert set(config) == params
-    default = AttentionTransfer(kwargs["teacher_layers"], kwargs["student_layers"])
+    default = AttentionTransfer(kwargs["teacher"], kwargs["student"])
     assert default.get_config()["p"] == 2.0
     assert default.get_config()["name"] == "attention_transfer"
 
@@ -341,18 +377,21 @@ def test_serialization_round_trip(kwargs):
     assert restored.get_config() == loss.get_config() == kwargs
     assert restored.p == kwargs["p"]
     assert restored.name == kwargs["name"]
-    names_t, names_s = loss.teacher_layers(), loss.student_layers()
-    assert restored.teacher_layers() == names_t
-    assert restored.student_layers() == names_s
+    names_t, names_s = loss.tap_paths("teacher"), loss.tap_paths("student")
+    assert restored.tap_paths("teacher") == names_t
+    assert restored.tap_paths("student") == names_s
     teacher = {n: fmap((3, 8, 8, 4), 40 + i) for i, n in enumerate(names_t)}
     student = {n: fmap((3, 4, 4, 2), 50 + i) for i, n in enumerate(names_s)}
-    original = to_np(loss.compute_loss(teacher, student))
+    teacher, student = ForwardPass(None, teacher), ForwardPass(None, student)
+    original = to_np(loss.from_passes(teacher, student))
     expected = sum(
-        ref_attention_transfer(teacher[a], student[b], kwargs["p"]).mean()
+        ref_attention_transfer(
+            teacher.features[a], student.features[b], kwargs["p"]
+        ).mean()
         for a, b in zip(names_t, names_s)
     )
     np.testing.assert_allclose(original, expected, rtol=1e-4)
-    assert_close(restored.compute_loss(teacher, student), original, rtol=0, atol=0)
+    assert_close(restored.from_passes(teacher, student), original, rtol=0, atol=0)
 
 
 def test_padded_positions_are_left_out_of_sequence_attention():
@@ -363,7 +402,7 @@ def test_padded_positions_are_left_out_of_sequence_attention():
     student = embed(tokens)
     teacher = logits((2, 5, 6), seed=3)
     loss = AttentionTransfer("t", "s")
-    value = loss.compute_loss({"t": teacher}, {"s": student})
+    value = loss.compute_loss(teacher, student)
 
     valid = (tokens != 0).astype("float64")
     a_t = ref_spatial_attention(teacher, 2.0) * valid
@@ -374,4 +413,11 @@ def test_padded_positions_are_left_out_of_sequence_attention():
 
     changed = teacher.copy()
     changed[tokens == 0] = 100.0
-    assert_close(loss.compute_loss({"t": changed}, {"s": student}), to_np(value))
+    assert_close(loss.compute_loss(changed, student), to_np(value))
+    # The mask may come from the inputs instead (keras-hub's padding_mask).
+    plain = to_np(student).astype("float32")
+    by_input = AttentionTransfer("t", "s", input_mask="padding_mask")
+    assert_close(
+        by_input.compute_loss(changed, plain, inputs={"padding_mask": tokens != 0}),
+        to_np(value),
+    )

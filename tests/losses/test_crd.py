@@ -118,8 +118,64 @@ def test_saved_and_reloaded_with_its_queues(tmp_path):
     assert CRD.from_config(loss.get_config()).get_config() == loss.get_config()
 
 
+def built_crd(batch=6, queue_size=8, **kwargs):
+    """A CRD built directly, as the Distiller builds it: from one tensor per
+    model of what its sources read."""
+    loss = CRD(embedding_dim=4, queue_size=queue_size, **kwargs)
+    assert not loss.built
+    t = np.random.default_rng(1).normal(size=(batch, 3, 4)).astype("float32")
+    s = np.random.default_rng(2).normal(size=(batch, 5)).astype("float32")
+    loss.build([t], [s])
+    assert loss.built
+    return loss, t, s
+
+
+def test_direct_call_matches_the_reference_and_only_training_fills_the_queues():
+    loss, t, s = built_crd(temperature=0.2)
+    # The heads see the features flattened: (B, 3, 4) -> 12 inputs.
+    assert tuple(loss.teacher_head.kernel.shape) == (12, 4)
+    assert tuple(loss.student_head.kernel.shape) == (5, 4)
+    queues = to_np(loss.teacher_queue), to_np(loss.student_queue)
+
+    def embed(head, f):
+        z = f.reshape(len(f), -1) @ to_np(head.kernel) + to_np(head.bias)
+        return z / np.linalg.norm(z, axis=-1, keepdims=True)
+
+    z_t, z_s = embed(loss.teacher_head, t), embed(loss.student_head, s)
+    per_sample = ref_info_nce(z_s, z_t, queues[0], 0.2) + ref_info_nce(z_t, z_s, queues[1], 0.2)
+    w = np.array([0.0, 1.0, 2.0, 0.5, 1.0, 1.5], "float32")
+    assert_close(loss.compute_loss(t, s, sample_weight=w), (per_sample * w).mean(), rtol=1e-4)
+    np.testing.assert_array_equal(to_np(loss.teacher_queue), queues[0])
+    # A training step enqueues the batch's embeddings (of every sample).
+    value = loss.compute_loss(t, s, training=True)
+    assert_close(value, per_sample.mean(), rtol=1e-4)
+    assert int(to_np(loss.queue_position)) == 6
+    np.testing.assert_allclose(to_np(loss.teacher_queue)[:6], z_t, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(to_np(loss.student_queue)[:6], z_s, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(to_np(loss.teacher_queue)[6:], queues[0][6:])
+
+
+def test_a_batch_larger_than_the_queue_is_refused():
+    loss, t, s = built_crd(batch=8, queue_size=8)
+    assert np.isfinite(to_np(loss.compute_loss(t, s)))  # a full queue's worth is fine
+    bigger_t = np.concatenate([t, t[:1]])
+    bigger_s = np.concatenate([s, s[:1]])
+    with pytest.raises(ValueError, match=r"queue_size=8.*batch of 9"):
+        loss.compute_loss(bigger_t, bigger_s, training=True)
+    assert int(to_np(loss.queue_position)) == 0
+    # The same through a Distiller's training step.
+    distiller, _ = crd_distiller(queue_size=8)
+    x, y = data(16)
+    with pytest.raises(ValueError, match=r"queue_size=8.*batch of 16"):
+        distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="name the layers"):
-        CRD()
+    with pytest.raises(ValueError, match="one teacher and one student source"):
+        CRD(["a", "b"], ["c", "d"])
     with pytest.raises(ValueError, match="temperature"):
         CRD("a", "b", temperature=0.0)
+    with pytest.raises(ValueError, match="queue_size"):
+        CRD("a", "b", queue_size=0)
+    with pytest.raises(TypeError, match="keyword arguments"):
+        CRD(128)  # embedding_dim is a keyword argument

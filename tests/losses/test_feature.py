@@ -7,6 +7,7 @@ with that reference.
 """
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -16,6 +17,8 @@ import keras_distill
 from keras_distill._keras_internals import get_keras_mask
 from keras_distill.losses import HiddenCosine
 from keras_distill.losses import hidden_cosine
+from keras_distill.sources import Layer
+from keras_distill.taps import ForwardPass
 from tests.conftest import classification_data
 from tests.conftest import mlp
 from tests.reference import S_FIXED
@@ -32,6 +35,11 @@ SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 TOKENS = np.array([[1, 2, 3, 0, 0], [4, 5, 1, 2, 0], [3, 0, 0, 0, 0]], "int32")
+
+
+def features(**tapped):
+    """A forward pass whose taps recorded `tapped` (its outputs unused)."""
+    return ForwardPass(None, tapped)
 
 
 def embedding_model(vocab=6, width=4, seed=0):
@@ -94,7 +102,7 @@ def test_hidden_cosine_literal_values():
     s = np.array(S_FIXED, "float32")
     assert_close(hidden_cosine(t, s), HIDDEN_COSINE_LITERALS)
     loss = HiddenCosine("t", "s")
-    assert_close(loss.compute_loss({"t": t}, {"s": s}), 0.44124880039172715)
+    assert_close(loss.compute_loss(t, s), 0.44124880039172715)
 
 
 # ---------------------------------------------------------------------------
@@ -106,16 +114,17 @@ def test_class_is_weighted_mean_on_vectors():
     t, s = logits((6, 5), 7), logits((6, 5), 8)
     values = ref_hidden_cosine(t, s)
     loss = HiddenCosine("enc", "enc_s")
-    assert loss.teacher_layers() == ("enc",)
-    assert loss.student_layers() == ("enc_s",)
-    value = loss.compute_loss({"enc": t}, {"enc_s": s})
+    assert loss.teacher_sources == [Layer("enc")]
+    assert loss.tap_paths("teacher") == ("enc",)
+    assert loss.tap_paths("student") == ("enc_s",)
+    value = loss.compute_loss(t, s)
     assert tuple(value.shape) == ()
     assert_close(value, values.mean())
     w = np.array([0.5, 2.0, 1.0, 0.0, 3.0, 1.5], "float32")
     expected = np.sum(values * w) / 6
-    assert_close(loss.compute_loss({"enc": t}, {"enc_s": s}, sample_weight=w), expected)
+    assert_close(loss.compute_loss(t, s, sample_weight=w), expected)
     assert_close(
-        loss.compute_loss({"enc": t}, {"enc_s": s}, sample_weight=w.reshape(6, 1)),
+        loss.compute_loss(t, s, sample_weight=w.reshape(6, 1)),
         expected,
     )
 
@@ -125,9 +134,9 @@ def test_class_is_weighted_mean_on_sequences():
     values = ref_hidden_cosine(t, s)
     w = np.array([2.0, 0.5, 0.0], "float32")
     loss = HiddenCosine("a", "b")
-    assert_close(loss.compute_loss({"a": t}, {"b": s}), values.mean())
+    assert_close(loss.compute_loss(t, s), values.mean())
     assert_close(
-        loss.compute_loss({"a": t}, {"b": s}, sample_weight=w),
+        loss.compute_loss(t, s, sample_weight=w),
         np.sum(values * w[:, None]) / 12,
     )
 
@@ -138,12 +147,12 @@ def test_zero_weight_makes_a_sample_irrelevant():
     s_other = s.copy()
     s_other[3] = -t[3]  # the worst possible sample: 1 - cos = 2
     loss = HiddenCosine("t", "s")
-    clean = to_np(loss.compute_loss({"t": t}, {"s": s}, sample_weight=w))
-    other = to_np(loss.compute_loss({"t": t}, {"s": s_other}, sample_weight=w))
+    clean = to_np(loss.compute_loss(t, s, sample_weight=w))
+    other = to_np(loss.compute_loss(t, s_other, sample_weight=w))
     np.testing.assert_allclose(other, clean, rtol=1e-6)
     assert not np.isclose(
-        to_np(loss.compute_loss({"t": t}, {"s": s_other})),
-        to_np(loss.compute_loss({"t": t}, {"s": s})),
+        to_np(loss.compute_loss(t, s_other)),
+        to_np(loss.compute_loss(t, s)),
     )
 
 
@@ -152,23 +161,29 @@ def test_several_layer_pairs_sum():
     t2, s2 = logits((6, 3, 7), 15), logits((6, 3, 7), 16)
     w = np.array([1.0, 2.0, 0.5, 0.0, 1.0, 3.0], "float32")
     loss = HiddenCosine(["t1", "t2"], ["s1", "s2"])
-    assert loss.teacher_layers() == ("t1", "t2")
-    assert loss.student_layers() == ("s1", "s2")
-    # Unused features in the dicts are ignored.
-    teacher = {"t1": t1, "t2": t2, "t3": logits((6, 5), 17)}
-    student = {"s2": s2, "s1": s1}
+    assert loss.tap_paths("teacher") == ("t1", "t2")
+    assert loss.tap_paths("student") == ("s1", "s2")
     v1, v2 = ref_hidden_cosine(t1, s1), ref_hidden_cosine(t2, s2)
-    assert_close(loss.compute_loss(teacher, student), v1.mean() + v2.mean())
-    assert_close(
-        loss.compute_loss(teacher, student, sample_weight=w),
-        np.sum(v1 * w) / 6 + np.sum(v2 * w[:, None]) / 18,
-    )
+    expected = v1.mean() + v2.mean()
+    weighted = np.sum(v1 * w) / 6 + np.sum(v2 * w[:, None]) / 18
+    # Given directly: one tensor per pair, in order.
+    assert_close(loss.compute_loss([t1, t2], [s1, s2]), expected)
+    assert_close(loss.compute_loss([t1, t2], [s1, s2], sample_weight=w), weighted)
+    # Read from forward passes by path; other tapped features are ignored.
+    teacher = features(t1=t1, t2=t2, t3=logits((6, 5), 17))
+    student = features(s2=s2, s1=s1)
+    assert_close(loss.from_passes(teacher, student), expected)
+    assert_close(loss.from_passes(teacher, student, sample_weight=w), weighted)
+    # Each pair reads its own paths.
+    assert_close(HiddenCosine("t2", "s2").from_passes(teacher, student), v2.mean())
+    with pytest.raises(KeyError):
+        loss.from_passes(features(t1=t1), student)
 
 
 def test_width_mismatch_raises():
     loss = HiddenCosine("t", "s")
     with pytest.raises(ValueError, match="width|features"):
-        loss.compute_loss({"t": logits((4, 6), 18)}, {"s": logits((4, 5), 19)})
+        loss.compute_loss(logits((4, 6), 18), logits((4, 5), 19))
     with pytest.raises(ValueError):
         HiddenCosine(["a", "b"], ["c"])
     with pytest.raises(ValueError):
@@ -191,12 +206,12 @@ def test_padded_positions_do_not_matter():
     expected = values[mask].mean()
     assert not np.isclose(expected, values.mean())
     loss = HiddenCosine("t", "s")
-    assert_close(loss.compute_loss({"t": t}, {"s": student}), expected)
+    assert_close(loss.compute_loss(t, student), expected)
 
     # Another teacher at the padded positions: the same value.
     t_changed = t.copy()
     t_changed[~mask] = logits((int((~mask).sum()), 4), 21, scale=30.0)
-    assert_close(loss.compute_loss({"t": t_changed}, {"s": student}), expected)
+    assert_close(loss.compute_loss(t_changed, student), expected)
 
     # Another student at the padded positions (embedding row 0): the same.
     other = embedding_model()
@@ -205,15 +220,18 @@ def test_padded_positions_do_not_matter():
     other.layers[0].embeddings.assign(weights)
     student_changed = other(TOKENS)
     assert not np.allclose(to_np(student_changed)[~mask], s[~mask])
-    assert_close(loss.compute_loss({"t": t}, {"s": student_changed}), expected)
+    assert_close(loss.compute_loss(t, student_changed), expected)
 
-    # Without the mask every position counts.
-    assert_close(loss.compute_loss({"t": t}, {"s": s.astype("float32")}), values.mean())
+    # Without the mask every position counts, unless it is given.
+    assert_close(loss.compute_loss(t, s.astype("float32")), values.mean())
+    assert_close(loss.compute_loss(t_changed, s.astype("float32"), mask=mask), expected)
+    # Read from a forward pass, the features keep their mask.
+    assert_close(loss.from_passes(features(t=t_changed), features(s=student)), expected)
 
     # sample_weight and the mask combine: sum(v * w * mask) / sum(mask).
     w = np.array([1.0, 3.0, 0.5], "float32")
     assert_close(
-        loss.compute_loss({"t": t_changed}, {"s": student}, sample_weight=w),
+        loss.compute_loss(t_changed, student, sample_weight=w),
         np.sum(values * w[:, None] * mask) / mask.sum(),
     )
 
@@ -236,8 +254,8 @@ def test_zero_vectors_give_finite_values_and_gradients():
     np.testing.assert_allclose(values[1:], 1.0, atol=1e-6)
     loss = HiddenCosine("t", "s")
     for name, fn, x in (
-        ("student", lambda x: loss.compute_loss({"t": t}, {"s": x}), s),
-        ("teacher", lambda x: loss.compute_loss({"t": x}, {"s": s}), t),
+        ("student", lambda x: loss.compute_loss(t, x), s),
+        ("teacher", lambda x: loss.compute_loss(x, s), t),
     ):
         assert np.isfinite(to_np(fn(keras.ops.convert_to_tensor(x)))), name
         grad = grad_wrt(fn, x)
@@ -252,7 +270,7 @@ def test_gradient_matches_closed_form():
     t, s = logits((4, 5), 24).astype("float64"), logits((4, 5), 25).astype("float64")
     loss = HiddenCosine("t", "s")
     grad = grad_wrt(
-        lambda x: loss.compute_loss({"t": t.astype("float32")}, {"s": x}),
+        lambda x: loss.compute_loss(t.astype("float32"), x),
         s.astype("float32"),
     )
     nt = np.linalg.norm(t, axis=-1, keepdims=True)
@@ -291,10 +309,9 @@ def test_distiller_trains_and_evaluates_hidden_cosine():
 # ---------------------------------------------------------------------------
 
 CONSTRUCTIONS = [
-    {"teacher_layer": "encoder_out", "student_layer": "enc", "input_mask": None,
-     "name": "my_cosine"},
-    {"teacher_layer": ["t1", "t2"], "student_layer": ["s1", "s2"],
-     "input_mask": None, "name": "hidden_cosine"},
+    {"teacher": "encoder_out", "student": "enc", "input_mask": None, "name": "my_cosine"},
+    {"teacher": ["t1", "t2"], "student": ["s1", "s2"], "input_mask": "padding_mask",
+     "name": "hidden_cosine"},
 ]
 
 
@@ -304,9 +321,10 @@ def test_get_config_is_the_constructor_arguments(kwargs):
     assert config == kwargs
     params = set(inspect.signature(HiddenCosine.__init__).parameters) - {"self", "kwargs"}
     assert set(config) == params
-    default = HiddenCosine(kwargs["teacher_layer"], kwargs["student_layer"]).get_config()
+    default = HiddenCosine(kwargs["teacher"], kwargs["student"]).get_config()
     assert set(default) == params
     assert default["name"] == "hidden_cosine"
+    assert default["input_mask"] is None
 
 
 @pytest.mark.parametrize("kwargs", CONSTRUCTIONS, ids=["one_pair", "two_pairs"])
@@ -319,17 +337,54 @@ def test_serialization_round_trip(kwargs):
     assert restored is not loss
     assert restored.get_config() == loss.get_config() == kwargs
     assert restored.name == kwargs["name"]
-    assert restored.teacher_layers() == loss.teacher_layers()
-    assert restored.student_layers() == loss.student_layers()
-    names_t, names_s = loss.teacher_layers(), loss.student_layers()
+    assert restored.input_mask == kwargs["input_mask"]
+    assert restored.tap_paths("teacher") == loss.tap_paths("teacher")
+    assert restored.tap_paths("student") == loss.tap_paths("student")
+    names_t, names_s = loss.tap_paths("teacher"), loss.tap_paths("student")
     teacher = {n: logits((4, 6), 30 + i) for i, n in enumerate(names_t)}
     student = {n: logits((4, 6), 40 + i) for i, n in enumerate(names_s)}
-    original = to_np(loss.compute_loss(teacher, student))
+    inputs = {"padding_mask": np.ones((4,), bool)}
+    original = to_np(
+        loss.from_passes(features(**teacher), features(**student), inputs=inputs)
+    )
     expected = sum(
         ref_hidden_cosine(teacher[a], student[b]).mean() for a, b in zip(names_t, names_s)
     )
     np.testing.assert_allclose(original, expected, rtol=1e-5)
-    assert_close(restored.compute_loss(teacher, student), original, rtol=0, atol=0)
+    assert_close(
+        restored.from_passes(features(**teacher), features(**student), inputs=inputs),
+        original, rtol=0, atol=0,
+    )
+
+
+def test_deprecated_layer_arguments_warn_and_name_the_same_layers():
+    """`teacher_layer=` / `student_layer=` (the old names) still work, with a
+    DeprecationWarning naming the new argument; the new spelling warns not."""
+    with pytest.warns(DeprecationWarning) as record:
+        old = HiddenCosine(teacher_layer=["t1", "t2"], student_layer=["s1", "s2"])
+    messages = [str(w.message) for w in record if issubclass(w.category, DeprecationWarning)]
+    assert any("teacher_layer=" in m and "pass teacher=" in m for m in messages), messages
+    assert any("student_layer=" in m and "pass student=" in m for m in messages), messages
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        new = HiddenCosine(["t1", "t2"], ["s1", "s2"])
+    assert not [w for w in record if "is deprecated" in str(w.message)]
+    assert old.teacher_sources == new.teacher_sources == [Layer("t1"), Layer("t2")]
+    assert old.student_sources == new.student_sources == [Layer("s1"), Layer("s2")]
+    assert old.get_config() == new.get_config()
+    t1, t2, s1, s2 = (logits((4, 6), seed) for seed in (50, 51, 52, 53))
+    assert_close(
+        old.from_passes(features(t1=t1, t2=t2), features(s1=s1, s2=s2)),
+        ref_hidden_cosine(t1, s1).mean() + ref_hidden_cosine(t2, s2).mean(),
+    )
+
+
+def test_a_nan_teacher_gives_a_nan_loss():
+    t, s = logits((4, 6), 54), logits((4, 6), 55)
+    loss = HiddenCosine("t", "s")
+    assert np.isfinite(to_np(loss.compute_loss(t, s)))
+    t[1, 2] = np.nan
+    assert np.isnan(to_np(loss.compute_loss(t, s)))
 
 
 def test_input_mask_reads_padding_from_the_inputs():
@@ -337,7 +392,7 @@ def test_input_mask_reads_padding_from_the_inputs():
     t, s = logits((3, 5, 4), seed=11), logits((3, 5, 4), seed=12)
     padding = TOKENS != 0
     loss = HiddenCosine("t", "s", input_mask="padding_mask")
-    value = loss.compute_loss({"t": t}, {"s": s}, inputs={"padding_mask": padding})
+    value = loss.compute_loss(t, s, inputs={"padding_mask": padding})
     assert_close(value, ref_hidden_cosine(t, s)[padding].mean())
     with pytest.raises(ValueError, match=r"no such key \(keys: \['token_ids'\]\)"):
-        loss.compute_loss({"t": t}, {"s": s}, inputs={"token_ids": TOKENS})
+        loss.compute_loss(t, s, inputs={"token_ids": TOKENS})

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 from keras_distill.losses import KD
+from keras_distill.losses import BatchLoss
+from keras_distill.losses import DistillationLoss
 from keras_distill.losses import FeatureDistillation
 from keras_distill.losses import LogitsDistillation
+from keras_distill.losses import LossContext
+from keras_distill.losses import PerSampleLoss
+from keras_distill.losses import weighted_mean
+from keras_distill.sources import Output
+from keras_distill.taps import ForwardPass
 from tests.reference import S_FIXED
 from tests.reference import T_FIXED
 from tests.reference import assert_close
@@ -278,15 +285,30 @@ def test_feature_distillation_layer_names_select_features():
     t, s = logits((6, 8), 33), logits((6, 8), 34)
     other = logits((6, 8), 35)
     loss = FeatureDistillation(teacher_layer_name="h", student_layer_name="h2")
-    assert loss.teacher_layers() == ("h",)
-    assert loss.student_layers() == ("h2",)
+    assert loss.tap_paths("teacher") == ("h",)
+    assert loss.tap_paths("student") == ("h2",)
     expected = np.mean((t.astype(np.float64) - s) ** 2)
-    assert_close(loss.compute_loss({"h": t}, {"h2": s}), expected)
+    # Given directly, the features are what it compares...
+    assert_close(loss.compute_loss(t, s), expected)
+    # ...and from forward passes it reads those of the named layers.
+    outputs = logits((6, 3), 46)
     assert_close(
-        loss.compute_loss({"h": t, "h2": other}, {"h": other, "h2": s}), expected
+        loss.from_passes(
+            ForwardPass(outputs, {"h": t, "h2": other}),
+            ForwardPass(outputs, {"h": other, "h2": s}),
+        ),
+        expected,
     )
     with pytest.raises(KeyError):
-        loss.compute_loss({"x": t}, {"h2": s})
+        loss.from_passes(ForwardPass(outputs, {"x": t}), ForwardPass(outputs, {"h2": s}))
+    # Without layer names it reads the outputs, in their structure.
+    on_outputs = FeatureDistillation(loss=[None, "mse"])
+    assert on_outputs.tap_paths("teacher") == ()
+    assert_close(
+        on_outputs.from_passes(ForwardPass([other, t], {"h": other}),
+                               ForwardPass([outputs, s], {})),
+        expected,
+    )
 
 
 def test_feature_distillation_nested_losses():
@@ -350,9 +372,12 @@ def test_feature_distillation_layer_names_survive_serialization():
     restored = round_trip(loss)
     assert restored.teacher_layer_name == "h"
     assert restored.student_layer_name == "h2"
+    assert restored.tap_paths("teacher") == ("h",)
+    assert restored.tap_paths("student") == ("h2",)
     t, s = logits((6, 8), 44), logits((6, 8), 45)
     assert_close(
-        restored.compute_loss({"h": t}, {"h2": s}), np.mean((t.astype(np.float64) - s) ** 2)
+        restored.from_passes(ForwardPass(None, {"h": t}), ForwardPass(None, {"h2": s})),
+        np.mean((t.astype(np.float64) - s) ** 2),
     )
 
 
@@ -383,3 +408,160 @@ def test_get_config_values():
         "teacher_layer_name": "a",
         "student_layer_name": "b",
     }
+
+
+# ---------------------------------------------------------------------------
+# The bases: PerSampleLoss reduces as keras.losses.Loss does
+# ---------------------------------------------------------------------------
+
+
+def squared_error(a, b):
+    a, b = keras.ops.cast(a, "float32"), keras.ops.cast(b, "float32")
+    return keras.ops.mean(keras.ops.square(a - b), axis=-1)
+
+
+class SquaredError(PerSampleLoss):
+    def per_sample(self, context):
+        return squared_error(context.teacher, context.student)
+
+
+class KerasSquaredError(keras.losses.Loss):
+    """The same per-sample values as a Keras loss ("sum_over_batch_size")."""
+
+    def call(self, y_true, y_pred):
+        return squared_error(y_true, y_pred)
+
+
+def masked_sequences():
+    """Student features with a Keras padding mask, teacher features, mask."""
+    tokens = np.array([[1, 2, 3, 0, 0], [4, 5, 1, 2, 0], [3, 0, 0, 0, 0]], "int32")
+    embed = keras.Sequential(
+        [keras.Input((5,), dtype="int32"), keras.layers.Embedding(6, 4, mask_zero=True)]
+    )
+    return embed(tokens), logits((3, 5, 4), 50), tokens != 0
+
+
+def test_per_sample_reduction_is_keras_losses_reduction():
+    """Without weights, with sample weights, and with a Keras mask on the
+    student's tensor (y_pred), PerSampleLoss gives what keras.losses.Loss
+    gives for the same per-sample values, on every backend."""
+    ours, theirs = SquaredError(), KerasSquaredError()
+    t, s = logits((6, 4), 47), logits((6, 4), 48)
+    w = np.array([0.5, 2.0, 1.0, 0.0, 3.0, 1.5], "float32")
+    values = np.mean((s.astype(np.float64) - t) ** 2, -1)
+    assert_close(ours.compute_loss(t, s), theirs(t, s))
+    assert_close(ours.compute_loss(t, s), values.mean())
+    assert_close(ours.compute_loss(t, s, sample_weight=w), theirs(t, s, sample_weight=w))
+    assert_close(ours.compute_loss(t, s, sample_weight=w), np.sum(values * w) / 6)
+
+    student, teacher, mask = masked_sequences()
+    values = np.mean((to_np(student) - teacher) ** 2, -1)
+    expected = values[mask].mean()
+    assert not np.isclose(expected, values.mean())
+    assert_close(theirs(teacher, student), expected)  # Keras honours the mask
+    assert_close(ours.compute_loss(teacher, student), to_np(theirs(teacher, student)))
+    w = np.array([1.0, 3.0, 0.5], "float32")
+    # (Keras multiplies the weights by the (B, T) mask in place before
+    # broadcasting them, so it takes the weights of sequences as (B, T).)
+    per_position = np.repeat(w[:, None], 5, axis=1)
+    keras_value = to_np(theirs(teacher, student, sample_weight=per_position))
+    assert_close(ours.compute_loss(teacher, student, sample_weight=w), keras_value)
+    assert_close(ours.compute_loss(teacher, student, sample_weight=per_position), keras_value)
+    assert_close(
+        ours.compute_loss(teacher, student, sample_weight=w),
+        np.sum(values * w[:, None] * mask) / mask.sum(),
+    )
+
+
+def test_weighted_mean():
+    values = logits((3, 5), 51)
+    w = np.array([1.0, 3.0, 0.5], "float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]], bool)
+    assert_close(weighted_mean(values), values.astype(np.float64).mean())
+    assert_close(weighted_mean(values, w), np.sum(values * w[:, None]) / 15)
+    assert_close(weighted_mean(values, mask=mask), values[mask].mean())
+    assert_close(weighted_mean(values, w, mask), np.sum(values * w[:, None] * mask) / 8)
+    # No valid entry: 0, not NaN.
+    assert_close(weighted_mean(values, mask=np.zeros((3, 5), bool)), 0.0)
+
+
+class ContextRecorder(PerSampleLoss):
+    """A custom loss on the new base: reads every field of its context."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def per_sample(self, context):
+        assert isinstance(context, LossContext)
+        self.seen.append(context)
+        offset = keras.ops.cast(context.inputs["offset"], "float32") * (context.pair + 1)
+        return squared_error(context.teacher, context.student) + offset
+
+
+def test_custom_per_sample_loss_gets_one_context_per_pair():
+    loss = ContextRecorder(["t1", "t2"], [Output("a"), "s2"], name="recorder")
+    t1, t2, s_a, s2 = (logits((4, 3), seed) for seed in (52, 53, 54, 55))
+    labels = np.array([0, 1, 2, 0])
+    w = np.array([1.0, 0.0, 2.0, 1.0], "float32")
+    inputs = {"offset": np.full((4,), 0.5, "float32")}
+    value = loss.from_passes(
+        ForwardPass({"a": s2, "b": t1}, {"t1": t1, "t2": t2}),
+        ForwardPass({"a": s_a, "b": t2}, {"s2": s2}),
+        labels=labels, sample_weight=w, inputs=inputs, training=True,
+    )
+    first = np.mean((s_a.astype(np.float64) - t1) ** 2, -1) + 0.5
+    second = np.mean((s2.astype(np.float64) - t2) ** 2, -1) + 1.0
+    assert_close(value, np.sum(first * w) / 4 + np.sum(second * w) / 4)
+    assert [c.pair for c in loss.seen] == [0, 1]
+    for context in loss.seen:
+        assert context.labels is labels and context.sample_weight is w
+        assert context.inputs is inputs and context.training is True
+        assert context.mask is None
+    assert_close(loss.seen[1].student, s2)
+
+
+class BatchSpread(BatchLoss):
+    """A custom whole-batch loss: the squared difference of the spreads."""
+
+    def compute(self, context):
+        def spread(x):
+            return keras.ops.mean(keras.ops.var(keras.ops.cast(x, "float32"), axis=0))
+
+        return keras.ops.square(spread(context.teacher) - spread(context.student))
+
+
+def test_custom_batch_loss_and_a_loss_returning_no_scalar():
+    t, s = logits((6, 4), 56), logits((6, 3), 57)
+    expected = (t.astype(np.float64).var(0).mean() - s.astype(np.float64).var(0).mean()) ** 2
+    assert_close(BatchSpread().compute_loss(t, s), expected, rtol=1e-4)
+
+    class NotReduced(BatchLoss):
+        def compute(self, context):
+            return squared_error(context.teacher, context.student)
+
+    with pytest.raises(ValueError, match="scalar"):
+        NotReduced().compute_loss(t, t)
+    with pytest.raises(NotImplementedError, match="per_sample"):
+        PerSampleLoss().compute_loss(t, t)
+
+
+class KerasStyle(DistillationLoss):
+    """Written for keras.distillation: overrides compute_loss itself."""
+
+    def compute_loss(self, teacher_outputs, student_outputs, sample_weight=None):
+        return weighted_mean(squared_error(teacher_outputs, student_outputs), sample_weight)
+
+
+def test_a_keras_distillation_style_loss_gets_the_tensors_its_sources_read():
+    t, s = logits((6, 4), 58), logits((6, 4), 59)
+    w = np.array([0.5, 2.0, 1.0, 0.0, 3.0, 1.5], "float32")
+    values = np.mean((t.astype(np.float64) - s) ** 2, -1)
+    loss = KerasStyle(Output("logits"), Output("logits"))
+    value = loss.from_passes(
+        ForwardPass({"logits": t, "other": s}, {}),
+        ForwardPass({"logits": s, "other": t}, {}),
+        labels=np.zeros(6), sample_weight=w, training=True,
+    )
+    assert_close(value, np.sum(values * w) / 6)
+

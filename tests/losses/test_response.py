@@ -7,6 +7,7 @@ against literal numbers computed once with that reference.
 
 import inspect
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -19,11 +20,17 @@ from keras_distill.losses import KD
 from keras_distill.losses import dist
 from keras_distill.losses import dkd
 from keras_distill.losses import kd
+from keras_distill.losses import soft_log_probabilities
+from keras_distill.sources import Output
+from keras_distill.taps import ForwardPass
+from keras_distill.teachers import Precomputed
+from keras_distill.teachers import precompute
 from tests.reference import S_FIXED
 from tests.reference import T_FIXED
 from tests.reference import assert_close
 from tests.reference import grad_wrt
 from tests.reference import logits
+from tests.reference import np_soften_probabilities
 from tests.reference import np_softmax
 from tests.reference import ref_dist
 from tests.reference import ref_dkd
@@ -54,6 +61,19 @@ def padded_student(vocab=6, classes=4, seed=0):
     return model(tokens), tokens != 0
 
 
+def passes(teacher_outputs, student_outputs):
+    """Forward passes with these outputs and no tapped features."""
+    return ForwardPass(teacher_outputs, {}), ForwardPass(student_outputs, {})
+
+
+def deprecations(record):
+    """The keras-distill deprecation warnings among `record`."""
+    return [
+        w for w in record
+        if issubclass(w.category, DeprecationWarning) and "is deprecated; pass" in str(w.message)
+    ]
+
+
 # ---------------------------------------------------------------------------
 # Functions against the reference
 # ---------------------------------------------------------------------------
@@ -66,6 +86,16 @@ def test_kd_matches_reference(divergence, temperature):
     value = kd(t, s, temperature=temperature, divergence=divergence)
     assert tuple(value.shape) == (6,)
     assert_close(value, ref_kd(t, s, temperature, divergence))
+
+
+def test_kd_function_defaults_to_temperature_4_like_the_class():
+    assert inspect.signature(kd).parameters["temperature"].default == 4.0
+    assert inspect.signature(KD.__init__).parameters["temperature"].default == 4.0
+    t, s = logits((6, 4), 64), logits((6, 4), 65)
+    expected = ref_kd(t, s, 4.0)
+    assert not np.allclose(expected, ref_kd(t, s, 1.0))
+    assert_close(kd(t, s), expected)
+    assert_close(KD().compute_loss(t, s), expected.mean())
 
 
 def test_kd_matches_reference_on_sequences():
@@ -186,8 +216,112 @@ def test_probability_inputs_equal_logit_inputs(temperature, divergence):
         kd(t, student_probs, temperature, divergence, student_from_logits=False),
         expected,
     )
-    loss = KD(temperature, divergence, teacher_from_logits=False)
+    loss = KD(temperature=temperature, divergence=divergence, teacher_from_logits=False)
     assert_close(loss.compute_loss(teacher_probs, s), expected.mean())
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_black_box_zero_probabilities_stay_zero_at_every_temperature(divergence):
+    """A teacher's probability of 0 is not floored: softened at T = 4 it is
+    still 0 (floored at 1e-12, each of the ~995 zero classes of a row would
+    get 1e-12^(1/4) = 1e-3 before renormalising: a quarter to over a third
+    of the softened mass)."""
+    classes = 1000
+    probs = np.zeros((3, classes), "float32")
+    probs[0, :2] = [0.7, 0.3]
+    probs[1, [3, 10, 500]] = [0.5, 0.3, 0.2]
+    probs[2, [7, 8, 9, 11, 999]] = 0.2
+    soft = np.exp(to_np(soft_log_probabilities(probs, 4.0, from_logits=False)))
+    np.testing.assert_array_equal(soft[probs == 0], 0.0)
+    assert_close(soft, np_soften_probabilities(probs, 4.0))
+    np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-5)
+    floored = np_soften_probabilities(np.maximum(probs, 1e-12), 4.0)
+    assert np.all(np.sum(floored * (probs == 0), -1) > 0.2)  # what a floor does
+
+    s = logits((3, classes), 66)
+    expected = ref_kd(probs, s, 4.0, divergence, teacher_from_logits=False)
+    assert np.all(np.isfinite(expected))
+    value = kd(probs, s, 4.0, divergence, teacher_from_logits=False)
+    assert_close(value, expected, rtol=1e-4)
+    loss = KD(temperature=4.0, divergence=divergence, teacher_from_logits=False)
+    assert_close(loss.compute_loss(probs, s), expected.mean(), rtol=1e-4)
+
+
+def reverse_on_support_grad(teacher, student, temperature):
+    """d/ds of the batch mean of T^2 KL(q_S || p), in closed form (float64).
+
+    With z = s / T restricted to the support S of p and q_S = softmax(z_S):
+    dKL/dz_j = q_j (log q_j - log p_j - KL) on S, 0 off it.
+    """
+    p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+    support = p > 0
+    z = np.where(support, np.asarray(student, np.float64) / temperature, -np.inf)
+    q = np_softmax(z)
+    log_ratio = np.where(support, np.log(np.where(support, q, 1.0))
+                         - np.log(np.where(support, p, 1.0)), 0.0)
+    kl = np.sum(q * log_ratio, -1, keepdims=True)
+    return np.where(support, temperature * q * (log_ratio - kl), 0.0) / len(p)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_reverse_kd_is_taken_on_the_teachers_support(temperature):
+    """Where the teacher gives classes probability 0 (logits of -inf),
+    KL(q || p) is infinite; it is taken as KL(q_S || p), the student
+    renormalised over the classes the teacher supports: finite, of normal
+    size, with a finite gradient that is 0 off the support."""
+    t = logits((4, 6), 67)
+    t[0, 3:] = -np.inf
+    t[1, [0, 2, 5]] = -np.inf
+    t[2, 1:] = -np.inf  # a single class: q_S = p, so KL = 0
+    s = logits((4, 6), 68, scale=3.0)
+    expected = ref_kd(t, s, temperature, "reverse")
+    assert np.all(np.isfinite(expected)) and np.all(expected < 50.0)
+    assert abs(expected[2]) < 1e-12 and np.all(expected[[0, 1, 3]] > 1e-3)
+    value = to_np(kd(t, s, temperature, "reverse"))
+    assert np.all(np.isfinite(value))
+    assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    # Row 3 has full support: there it is the plain reverse KL.
+    assert_close(value[3], plain_reverse_kd(t[3:], s[3:], temperature))
+
+    loss = KD(temperature=temperature, divergence="reverse")
+    assert_close(loss.compute_loss(t, s), expected.mean(), rtol=1e-5)
+    grad = grad_wrt(lambda x: loss.compute_loss(t, x), s)
+    assert np.all(np.isfinite(grad)), grad
+    # Off the support the student's logits do not matter (up to float32
+    # rounding: the on-support gradients are of order 0.1).
+    np.testing.assert_allclose(grad[np.isinf(t)], 0.0, atol=1e-6)
+    np.testing.assert_allclose(
+        grad, reverse_on_support_grad(t, s, temperature), rtol=1e-4, atol=1e-6
+    )
+
+
+def plain_reverse_kd(teacher, student, temperature):
+    """T^2 KL(q || p) with full support, straight from the definition."""
+    p = np_softmax(np.asarray(teacher, np.float64) / temperature)
+    q = np_softmax(np.asarray(student, np.float64) / temperature)
+    return temperature**2 * np.sum(q * np.log(q / p), -1)
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_kd_from_a_top_k_precomputed_teacher(divergence):
+    """A top-k `Precomputed` teacher gives -inf outside its top k: every
+    divergence is finite, with a finite gradient, and matches the reference
+    on those logits (reverse KD on the kept classes)."""
+    full = logits((5, 8), 70)
+    outputs = precompute(lambda x: x, full, top_k=3)
+    dense = to_np(Precomputed(num_classes=8)(outputs))
+    kept = np.argsort(-full, -1)[:, :3]
+    np.testing.assert_array_equal(
+        np.isfinite(dense), np.eye(8, dtype=bool)[kept].any(1)
+    )
+    s = logits((5, 8), 71)
+    teacher = dense.astype("float32")
+    expected = ref_kd(teacher, s, 2.0, divergence)
+    assert np.all(np.isfinite(expected))
+    loss = KD(temperature=2.0, divergence=divergence)
+    assert_close(loss.compute_loss(teacher, s), expected.mean(), rtol=1e-5)
+    grad = grad_wrt(lambda x: loss.compute_loss(teacher, x), s)
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0.0), grad
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
@@ -305,6 +439,24 @@ def test_zero_weight_makes_a_sample_irrelevant():
         assert to_np(loss.compute_loss(t_garbage, s_garbage, labels=y)) > 10 * clean
 
 
+@pytest.mark.parametrize(
+    "make_loss",
+    [KD, lambda: KD(divergence="reverse"), lambda: KD(divergence="js"),
+     lambda: KD(teacher_from_logits=False), DKD, DIST],
+    ids=["kd", "kd_reverse", "kd_js", "kd_probabilities", "dkd", "dist"],
+)
+def test_a_nan_teacher_gives_a_nan_loss(make_loss):
+    """0 log 0 = 0, but NaN stays NaN: a corrupt teacher is not hidden
+    behind a finite loss (the Distiller stops on a NaN log)."""
+    t, s = logits((6, 4), 72), logits((6, 4), 73)
+    t = np.abs(t) / np.abs(t).sum(-1, keepdims=True)  # valid as probabilities too
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    loss = make_loss()
+    assert np.isfinite(to_np(loss.compute_loss(t, s, labels=labels)))
+    t[2, 1] = np.nan
+    assert np.isnan(to_np(loss.compute_loss(t, s, labels=labels)))
+
+
 def test_dist_zero_weight_removes_a_sample():
     t, s = logits((6, 4), 34), logits((6, 4), 35)
     w = np.array([1.0, 2.0, 0.5, 1.0, 1.0, 0.0], "float32")
@@ -342,38 +494,92 @@ def test_output_selects_from_dict_and_list(make_loss):
     expected_b = to_np(make_loss().compute_loss(t_b, s_b, labels=labels))
     expected_a = to_np(make_loss().compute_loss(t_a, s_a, labels=labels))
     assert not np.isclose(expected_a, expected_b)
-    by_key = make_loss(output="b").compute_loss(
-        {"a": t_a, "b": t_b}, {"a": s_a, "b": s_b}, labels=labels
+    by_key = make_loss(Output("b"), Output("b")).from_passes(
+        *passes({"a": t_a, "b": t_b}, {"a": s_a, "b": s_b}), labels=labels
     )
     assert_close(by_key, expected_b)
-    by_index = make_loss(output=0).compute_loss([t_a, t_b], [s_a, s_b], labels=labels)
+    by_index = make_loss(Output(0), Output(0)).from_passes(
+        *passes([t_a, t_b], [s_a, s_b]), labels=labels
+    )
     assert_close(by_index, expected_a)
-    # A single output in a list needs no `output=`.
-    assert_close(make_loss().compute_loss([t_a], [s_a], labels=labels), expected_a)
+    # Teacher and student outputs are chosen separately.
+    crossed = make_loss(Output("a"), Output(1)).from_passes(
+        *passes({"a": t_b, "b": t_a}, [s_a, s_b]), labels=labels
+    )
+    assert_close(crossed, expected_b)
+    # A single output in a list needs no key.
+    assert_close(
+        make_loss().from_passes(*passes([t_a], [s_a]), labels=labels), expected_a
+    )
+
+
+@pytest.mark.parametrize("make_loss", [KD, DKD, DIST])
+def test_deprecated_output_argument_warns_and_selects_that_output(make_loss):
+    t = {"a": logits((6, 4), 38), "b": logits((6, 4), 40)}
+    s = {"a": logits((6, 4), 39), "b": logits((6, 4), 41)}
+    labels = np.array([0, 1, 2, 1, 3, 3])
+    with pytest.warns(DeprecationWarning, match=r"output='b'.*teacher=Output\('b'\)"):
+        old = make_loss(output="b")
+    assert old.teacher_sources == [Output("b")] and old.student_sources == [Output("b")]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        new = make_loss(Output("b"), Output("b"))
+    assert deprecations(record) == []
+    assert old.get_config() == new.get_config()
+    expected = to_np(make_loss().compute_loss(t["b"], s["b"], labels=labels))
+    assert_close(old.from_passes(*passes(t, s), labels=labels), expected)
+
+
+@pytest.mark.parametrize(
+    "make_loss",
+    [lambda: KD(2.0), lambda: KD(4.0, divergence="js"), lambda: DKD(1.0, 8.0),
+     lambda: DIST(2.0)],
+    ids=["kd", "kd_and_keyword", "dkd", "dist"],
+)
+def test_positional_hyperparameters_raise_naming_the_fix(make_loss):
+    """The first two arguments say what to compare; a number there is a
+    hyperparameter given by position, as the old API took them."""
+    with pytest.raises(TypeError, match=r"keyword arguments, e\.g\. KD\(temperature=4\.0\)"):
+        make_loss()
+
+
+@pytest.mark.parametrize("cls", [KD, DKD, DIST])
+def test_sources_come_first_and_hyperparameters_are_keyword_only(cls):
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [p.name for p in parameters[:2]] == ["teacher", "student"]
+    assert all(
+        p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in parameters[2:]
+    ), parameters
+    loss = cls(None, None, temperature=2.0)
+    assert loss.get_config()["temperature"] == 2.0
+    with pytest.raises(TypeError):
+        cls(None, None, 2.0)
 
 
 def test_missing_or_wrong_output_raises_naming_outputs():
     t = {"first": logits((6, 4), 42), "second": logits((6, 4), 43)}
     with pytest.raises(ValueError, match="first") as info:
-        KD().compute_loss(t, t)
+        KD().from_passes(*passes(t, t))
     assert "second" in str(info.value)
     with pytest.raises(ValueError, match="first") as info:
-        KD(output="third").compute_loss(t, t)
+        KD(Output("third"), Output("third")).from_passes(*passes(t, t))
     assert "second" in str(info.value) and "third" in str(info.value)
     pair = [t["first"], t["second"]]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        KD().compute_loss(pair, pair)
+        KD().from_passes(*passes(pair, pair))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        DIST(output=2).compute_loss(pair, pair)
+        DIST(Output(2), Output(2)).from_passes(*passes(pair, pair))
     with pytest.raises(ValueError, match="single tensor"):
-        DKD(output="first").compute_loss(t["first"], t["first"], labels=np.zeros(6))
+        DKD(Output("first"), Output("first")).from_passes(
+            *passes(t["first"], t["first"]), labels=np.zeros(6)
+        )
 
 
 def test_integer_output_on_a_single_tensor_raises():
-    """`output=0` must not silently index the batch of a single-tensor output."""
+    """`Output(0)` must not silently index the batch of a single-tensor output."""
     t, s = logits((6, 4), 44), logits((6, 4), 45)
     with pytest.raises(ValueError):
-        KD(output=0).compute_loss(t, s)
+        KD(Output(0), Output(0)).from_passes(*passes(t, s))
 
 
 @pytest.mark.parametrize("make_loss", [KD, DKD, DIST])
@@ -403,9 +609,14 @@ def test_unknown_divergence_raises():
         kd(t, t, divergence="symmetric")
 
 
-def test_bad_output_type_raises():
-    with pytest.raises(TypeError):
-        KD(output=["a"])
+def test_bad_sources_raise():
+    for bad in (["a"], True, 1.5):
+        with pytest.raises(TypeError, match="Output"):
+            Output(bad)
+    with pytest.raises(TypeError, match="received"):
+        KD(teacher={"a": 1})
+    with pytest.raises(ValueError, match="one to one"):
+        KD(Output("a"), [Output("a"), Output("b")])
 
 
 # ---------------------------------------------------------------------------
@@ -431,9 +642,12 @@ def test_kd_ignores_padded_positions():
     t_changed = t.copy()
     t_changed[~mask] = logits((int((~mask).sum()), 4), 50, scale=30.0)
     assert_close(loss.compute_loss(t_changed, student), expected)
-    # The same logits without a mask average over every position.
+    # The same logits without a mask average over every position...
     assert_close(loss.compute_loss(t, s.astype("float32")), values.mean())
     assert not np.isclose(values.mean(), expected)
+    # ...unless the mask is given, as it is through a forward pass.
+    assert_close(loss.compute_loss(t_changed, s.astype("float32"), mask=mask), expected)
+    assert_close(loss.from_passes(*passes(t_changed, student)), expected)
     # sample_weight and the mask combine: sum(v * w * mask) / sum(mask).
     w = np.array([1.0, 3.0, 0.5], "float32")
     assert_close(
@@ -496,19 +710,31 @@ def test_kd_gradient_matches_closed_form():
 # ---------------------------------------------------------------------------
 
 CONSTRUCTIONS = [
-    (KD, {"temperature": 2.5, "divergence": "js", "teacher_from_logits": False,
-          "student_from_logits": True, "output": "logits", "name": "my_kd"}),
-    (DKD, {"alpha": 0.5, "beta": 2.0, "temperature": 3.0, "output": 1, "name": "my_dkd"}),
-    (DIST, {"beta": 2.0, "gamma": 0.5, "temperature": 1.5, "output": None, "name": "my_dist"}),
+    (KD, {"teacher": Output("logits"), "student": Output("logits"), "temperature": 2.5,
+          "divergence": "js", "teacher_from_logits": False, "student_from_logits": True,
+          "input_mask": None, "name": "my_kd"}),
+    (DKD, {"teacher": Output(1), "student": Output(1), "alpha": 0.5, "beta": 2.0,
+           "temperature": 3.0, "input_mask": None, "name": "my_dkd"}),
+    (DIST, {"teacher": "t_logits", "student": "s_logits", "beta": 2.0, "gamma": 0.5,
+            "temperature": 1.5, "input_mask": None, "name": "my_dist"}),
 ]
+
+
+def serialized_sources(kwargs):
+    """`kwargs` as `get_config` gives them: `Output` sources serialized."""
+    return {
+        key: keras.saving.serialize_keras_object(value) if isinstance(value, Output) else value
+        for key, value in kwargs.items()
+    }
 
 
 @pytest.mark.parametrize("cls,kwargs", CONSTRUCTIONS, ids=lambda c: getattr(c, "__name__", ""))
 def test_get_config_is_the_constructor_arguments(cls, kwargs):
-    assert cls(**kwargs).get_config() == kwargs
+    assert cls(**kwargs).get_config() == serialized_sources(kwargs)
     default = cls().get_config()
     params = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
     assert set(default) == params
+    assert default["teacher"] is None and default["student"] is None
 
 
 @pytest.mark.parametrize("cls,kwargs", CONSTRUCTIONS, ids=lambda c: getattr(c, "__name__", ""))
@@ -520,14 +746,25 @@ def test_serialization_round_trip(cls, kwargs):
     assert type(restored) is cls
     assert restored is not loss
     assert restored.get_config() == loss.get_config()
+    assert restored.teacher_sources == loss.teacher_sources
+    assert restored.student_sources == loss.student_sources
     t, s = logits((6, 4), 58), logits((6, 4), 59)
-    t_in = np.abs(t) / np.abs(t).sum(-1, keepdims=True) if cls is KD else t
-    outputs_t = {"logits": t_in} if cls is KD else [logits((6, 4), 60), t] if cls is DKD else t
-    outputs_s = {"logits": s} if cls is KD else [logits((6, 4), 61), s] if cls is DKD else s
+    if cls is KD:
+        probs = np.abs(t) / np.abs(t).sum(-1, keepdims=True)
+        teacher = ForwardPass({"logits": probs, "other": t}, {})
+        student = ForwardPass({"logits": s, "other": t}, {})
+    elif cls is DKD:
+        teacher = ForwardPass([logits((6, 4), 60), t], {})
+        student = ForwardPass([logits((6, 4), 61), s], {})
+    else:
+        teacher = ForwardPass(logits((6, 4), 60), {"t_logits": t, "s_logits": s})
+        student = ForwardPass(logits((6, 4), 61), {"s_logits": s, "t_logits": t})
     labels = np.array([0, 2, 1, 1, 3, 0])
-    original = to_np(loss.compute_loss(outputs_t, outputs_s, labels=labels))
+    original = to_np(loss.from_passes(teacher, student, labels=labels))
     assert np.isfinite(original) and original > 0
-    assert_close(restored.compute_loss(outputs_t, outputs_s, labels=labels), original, rtol=0, atol=0)
+    assert_close(restored.from_passes(teacher, student, labels=labels), original, rtol=0, atol=0)
+    if cls is DIST:  # the features of the named layers were compared
+        assert_close(original, ref_dist(t, s, 2.0, 0.5, 1.5))
 
 
 def test_scheduled_temperature_survives_serialization():

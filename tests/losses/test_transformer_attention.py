@@ -6,6 +6,8 @@ against the float64 references `ref_attention_map_loss` (TinyBERT's MSE,
 MiniLM's KL) in tests/reference.py.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -171,6 +173,90 @@ def test_uniform_layer_map():
         uniform_layer_map(3, 2)
 
 
+def test_layer_map_picks_the_teacher_layers_read():
+    loss = TransformerAttention(
+        [f"attention_{i}" for i in range(4)], ["attention_0", "attention_1"]
+    )
+    # Student layer i learns from teacher layer 2i + 1: its attention
+    # probabilities and its output (the hidden states).
+    assert loss.tap_paths("teacher") == (
+        "attention_1:attention", "attention_1", "attention_3:attention", "attention_3",
+    )
+    assert loss.tap_paths("student") == (
+        "attention_0:attention", "attention_0", "attention_1:attention", "attention_1",
+    )
+    assert not loss.built  # the projections need the hidden states' widths
+
+
+def test_deprecated_layer_list_arguments_warn_and_map_the_same_layers():
+    teacher_paths = [f"attention_{i}" for i in range(4)]
+    student_paths = ["attention_0", "attention_1"]
+    with pytest.warns(DeprecationWarning) as record:
+        old = TransformerAttention(
+            teacher_layers=teacher_paths, student_layers=student_paths, layer_map=[0, 2]
+        )
+    messages = [str(w.message) for w in record if issubclass(w.category, DeprecationWarning)]
+    assert any("teacher_layers=" in m and "pass teacher=" in m for m in messages), messages
+    assert any("student_layers=" in m and "pass student=" in m for m in messages), messages
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        new = TransformerAttention(teacher_paths, student_paths, layer_map=[0, 2])
+    assert not [w for w in record if "is deprecated" in str(w.message)]
+    assert old.get_config() == new.get_config()
+    assert old.tap_paths("teacher") == new.tap_paths("teacher") == (
+        "attention_0:attention", "attention_0", "attention_2:attention", "attention_2",
+    )
+    assert old.tap_paths("student") == new.tap_paths("student")
+
+
+def test_direct_call_on_what_its_sources_read_matches_the_reference():
+    """Built and called on what each pair's sources read, as the Distiller
+    hands them over: per pair, a dict of the attention probabilities
+    ("scores", with the layer's mask) and the layer's output ("hidden")."""
+    rng = np.random.default_rng(3)
+    batch, heads, length = 3, 2, 4
+    real = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    pairs_mask = real[:, :, None] & real[:, None, :]  # (B, T, S)
+
+    def attention(seed):
+        scores = np.random.default_rng(seed).normal(size=(batch, heads, length, length))
+        kept = np.where(pairs_mask[:, None], np.exp(2 * scores), 0.0)
+        # Padded queries attend to nothing: Keras gives them rows of zeros.
+        total = np.maximum(kept.sum(-1, keepdims=True), 1e-30)
+        return (kept / total).astype("float32")
+
+    teacher = [
+        {"scores": {"scores": attention(10 + i)},
+         "hidden": rng.normal(size=(batch, length, 8)).astype("float32")}
+        for i in range(2)
+    ]
+    student = [
+        {"scores": {"scores": attention(20 + i), "mask": pairs_mask},
+         "hidden": rng.normal(size=(batch, length, 6)).astype("float32")}
+        for i in range(2)
+    ]
+    loss = TransformerAttention(
+        ["t0", "t1"], ["s0", "s1"], attention_weight=2.0, hidden_weight=0.5
+    )
+    loss.build(teacher, student)
+    assert loss.built
+    assert [tuple(c.kernel.shape) for c in loss.hidden.connectors] == [(6, 8), (6, 8)]
+    w = np.array([0.5, 2.0, 1.0], "float32")
+    value = loss.compute_loss(teacher, student, sample_weight=w)
+
+    expected = 0.0
+    queries = real * w[:, None]
+    for t, s, connector in zip(teacher, student, loss.hidden.connectors):
+        per_query = ref_attention_map_loss(
+            t["scores"]["scores"], s["scores"]["scores"], "mse", pairs_mask[:, None]
+        )
+        expected += 2.0 * (per_query * queries).sum() / real.sum()
+        kernel, bias = to_np(connector.kernel), to_np(connector.bias)
+        per_position = ((s["hidden"] @ kernel + bias - t["hidden"]) ** 2).mean(-1)
+        expected += 0.5 * (per_position * queries).sum() / real.sum()
+    assert_close(value, expected, rtol=1e-5)
+
+
 def test_bad_arguments_are_refused():
     t = [f"block_{i}" for i in range(4)]
     with pytest.raises(ValueError, match="layer_map"):
@@ -213,8 +299,8 @@ def test_loss_value_matches_the_reference_on_padded_sequences():
         ids, y, sample_weight=weights, batch_size=8, verbose=0, return_dict=True
     )
 
-    _, t_feat = LayerTaps(distiller.teacher, loss.teacher_layers())(ids)
-    _, s_feat = LayerTaps(distiller.student, loss.student_layers())(ids)
+    _, t_feat = LayerTaps(distiller.teacher, loss.tap_paths("teacher"))(ids)
+    _, s_feat = LayerTaps(distiller.student, loss.tap_paths("student"))(ids)
     keep = ids != 0
     expected = 0.0
     for (t_name, s_name), connector in zip(
@@ -245,19 +331,21 @@ def test_training_lowers_the_loss_and_trains_the_projections():
     assert not np.allclose(to_np(connector.kernel), before)
 
 
-def test_head_count_mismatch_is_explained():
-    distiller = half_depth_distiller(tinybert_loss(), student_heads=3)
-    ids, y = token_batch()
+def test_head_count_mismatch_is_explained_before_training():
+    # Checked on the models' symbolic passes, when the Distiller is built.
     with pytest.raises(ValueError, match="same number of heads"):
-        distiller.evaluate(ids, y, verbose=0)
+        half_depth_distiller(tinybert_loss(), student_heads=3)
+    loss = tinybert_loss()
+    scores = lambda heads: {"scores": np.zeros((2, heads, 6, 6), "float32")}  # noqa: E731
+    with pytest.raises(ValueError, match=r"\(2, 2, 6, 6\) and \(2, 3, 6, 6\)"):
+        loss.validate_outputs({"scores": scores(2)}, {"scores": scores(3)})
 
 
 def test_attention_only_needs_no_projection_and_round_trips(tmp_path):
     loss = tinybert_loss(hidden_weight=0.0, layer_map=[0, 2])
-    assert loss.hidden is None and loss.student_layers() == (
-        "attention_0:attention", "attention_1:attention"
-    )
-    assert loss.teacher_layers() == ("attention_0:attention", "attention_2:attention")
+    assert loss.hidden is None and loss.built
+    assert loss.tap_paths("student") == ("attention_0:attention", "attention_1:attention")
+    assert loss.tap_paths("teacher") == ("attention_0:attention", "attention_2:attention")
     restored = TransformerAttention.from_config(loss.get_config())
     assert restored.get_config() == loss.get_config()
 

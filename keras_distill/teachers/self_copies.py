@@ -14,15 +14,16 @@ import keras
 from keras import ops
 
 from keras_distill.taps import symbolic_inputs
+from keras_distill.teachers.base import Teacher
 
 
-class StudentCopy(keras.Model):
+class StudentCopy(Teacher):
     """Base class of teachers that are a copy of the student.
 
     The copy is a model of the same architecture as the student, reached by
     feature losses as `"<student name>/<layer>"`. Subclasses say how it
-    follows the student by overriding `follow_step` (called inside each
-    training step) and `follow_epoch` (called at the start of each epoch).
+    follows the student by overriding `update_step` (called inside each
+    training step) or `update_epoch` (called at the start of each epoch).
 
     Args:
         student: the built student model to copy.
@@ -73,12 +74,6 @@ class StudentCopy(keras.Model):
                     "teacher is not a copy of this student. Build it with "
                     f"{type(self).__name__}(student)."
                 )
-
-    def follow_step(self, student):
-        """Updates the copy inside a training step. The default does nothing."""
-
-    def follow_epoch(self, epoch, student):
-        """Updates the copy before epoch `epoch` (0-based). Default: nothing."""
 
     def _followed_pairs(self, student):
         """(copy variable, student variable) pairs of floating-point state."""
@@ -141,7 +136,7 @@ class MovingAverage(StudentCopy):
         super().__init__(student, name=name, **kwargs)
         self.decay = float(decay)
 
-    def follow_step(self, student):
+    def update_step(self, student):
         for ours, theirs in self._followed_pairs(student):
             current = ops.stop_gradient(ops.cast(theirs, ours.dtype))
             ours.assign(self.decay * ours + (1.0 - self.decay) * current)
@@ -162,6 +157,9 @@ class Snapshot(StudentCopy):
     student that has trained for a while, or give the distillation loss a
     weight of 0 in the first epochs with
     `keras_distill.callbacks.LossWeightScheduler`.
+
+    `fit` calls `Distiller.begin_epoch` at the start of every epoch; a loop
+    of `train_on_batch` calls it itself (it warns once when it does not).
 
     Args:
         student: the built student model; the teacher starts as its copy.
@@ -194,7 +192,7 @@ class Snapshot(StudentCopy):
         super().__init__(student, name=name, **kwargs)
         self.every = every
 
-    def follow_epoch(self, epoch, student):
+    def update_epoch(self, epoch, student):
         if epoch > 0 and epoch % self.every == 0:
             for ours, theirs in self._followed_pairs(student):
                 # A copy in NumPy: sharing the student's buffer would make
@@ -203,16 +201,6 @@ class Snapshot(StudentCopy):
 
     def get_config(self):
         return {**super().get_config(), "every": self.every}
-
-
-class FollowStudent(keras.callbacks.Callback):
-    """Calls a `StudentCopy` teacher's `follow_epoch` before each epoch.
-
-    The `Distiller` adds it to `fit` when its teacher is a `StudentCopy`.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.teacher.follow_epoch(epoch, self.model.student)
 
 
 def _copy(model, owner):

@@ -1,0 +1,280 @@
+"""What every model that distils shares: its weights, logs, total and checks.
+
+`Distiller` and `MutualLearning` build on `DistillationModel`: the loss
+weights as variables (so that callbacks schedule them on every backend),
+one `StepMeans` metric for every logged term, the total scaled for the
+replicas of `tf.distribute`, and the checks and hooks that run alike in
+`fit`, `evaluate`, `train_on_batch` and `test_on_batch`.
+"""
+
+import math
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_distill._keras_internals import KeepsLogOrder
+from keras_distill._keras_internals import NeverRematerialized
+from keras_distill._keras_internals import compiled_loss
+from keras_distill._keras_internals import flatten_logs
+from keras_distill._keras_internals import log_total_with_terms
+from keras_distill._keras_internals import scale_loss_for_distribution
+from keras_distill._keras_internals import unscale_loss_for_distribution
+from keras_distill.step_means import StepMeans
+from keras_distill.validation import check_label_loss
+
+
+def weight_variable(model, name, value):
+    """A non-trainable float32 scalar of `model`, for callbacks to schedule."""
+    return model.add_weight(
+        name=name,
+        shape=(),
+        initializer=keras.initializers.Constant(float(value)),
+        trainable=False,
+        dtype="float32",
+    )
+
+
+def batch_size_of(outputs):
+    """The batch size of `outputs`, as a float32 weight for the logs (a
+    Python float where it is static)."""
+    first = keras.tree.flatten(outputs)[0]
+    if first.shape[0] is not None:
+        return float(first.shape[0])
+    return ops.cast(ops.shape(first)[0], "float32")
+
+
+class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
+    """Base class of the models that train students by distillation.
+
+    Subclasses call `_set_losses` in their constructor and, in
+    `compute_loss`, `label_loss`, `regularization` and `finish_step`. The
+    checks run in every training and evaluation entry point, not only in
+    `fit`:
+
+    - in-memory data is checked first (`check_data`);
+    - after the first batch and every epoch of `fit`, after `evaluate`, and
+      after every `train_on_batch` and `test_on_batch`, a logged term that
+      is NaN or infinite stops training with an error naming it
+      (`check_finite`); losses propagate NaN, so one look at the logs
+      covers every tensor that reached them;
+    - `fit` calls `begin_epoch(epoch)` before each epoch; a loop of
+      `train_on_batch` calls it itself.
+    """
+
+    def _set_losses(self, losses, weights, student_loss_weight, logged):
+        """Keeps the losses, their weights as variables, and the logs' metric."""
+        self.distillation_losses = losses
+        self.student_loss_weight = weight_variable(
+            self, "student_loss_weight", student_loss_weight
+        )
+        self.distillation_loss_weights = [
+            weight_variable(self, f"{loss.name}_weight", weight)
+            for loss, weight in zip(losses, weights)
+        ]
+        self.step_means = StepMeans(["loss", *logged], name="distiller_logs")
+        self._epoch_begun = False
+
+    # -- The step's pieces ---------------------------------------------------
+
+    def label_loss(self, y, y_pred, sample_weight):
+        """The compiled loss on the labels, a float32 batch mean (0 without)."""
+        loss_fn = compiled_loss(self)
+        if loss_fn is None or y is None:
+            return ops.zeros((), "float32")
+        # Keras scales a replica's compiled loss for `tf.distribute`; each
+        # term is a plain batch mean here, and the total is scaled once.
+        return unscale_loss_for_distribution(
+            ops.cast(loss_fn(y, y_pred, sample_weight), "float32")
+        )
+
+    def regularization(self):
+        """The sum of the losses the models' forward passes added so far."""
+        losses = [ops.cast(ops.sum(loss), "float32") for loss in self.losses]
+        return sum(losses) if losses else None
+
+    def finish_step(self, student_loss, distillation_loss, regularization, logged,
+                    weights):
+        """Logs this step's terms and returns its total, scaled for replicas.
+
+        Args:
+            student_loss: the unweighted loss on the labels.
+            distillation_loss: the weighted sum of the distillation terms.
+            regularization: the regularization losses, or `None`.
+            logged: one scalar per name of `step_means` after `"loss"`.
+            weights: the weight of each logged scalar (the batch size, say),
+                the total's first, or one weight for all.
+        """
+        total = self.student_loss_weight * student_loss + distillation_loss
+        if regularization is not None:
+            total = total + regularization
+        self.step_means.update_state([total, *logged], weights)
+        return scale_loss_for_distribution(total)
+
+    # -- Entry points ----------------------------------------------------------
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Configures training; `loss` is the student's loss on the labels.
+
+        Args:
+            optimizer: the optimizer of the student (and of any trainable
+                part of the losses). Defaults to `"adam"`.
+            loss: the student's supervised loss, or a list or dict of them
+                for a multi-output student. Required unless
+                `student_loss_weight` is 0. Defaults to `None`.
+            metrics: metrics of the student's outputs against the labels.
+            **kwargs: other `keras.Model.compile` arguments
+                (`loss_weights`, `weighted_metrics`, `jit_compile`, ...).
+
+        Raises:
+            ValueError: when `loss` is missing but `student_loss_weight > 0`.
+        """
+        check_label_loss(loss, self.student_loss_weight, type(self).__name__)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        log_total_with_terms(self)  # `loss` is logged with the other terms
+
+    def compile_from_config(self, config):
+        """Compiles from a saved compile config (used by `load_model`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto",
+            callbacks=None, **kwargs):
+        """`keras.Model.fit`, with the checks and epoch hooks of every step.
+
+        Before training, in-memory data is checked; before each epoch,
+        `begin_epoch` runs; after the first batch and each epoch, a logged
+        term that is NaN or infinite stops `fit` with a `ValueError` that
+        names it.
+        """
+        self.check_data(x)
+        callbacks = [*(callbacks or []), _EveryEpoch()]
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, return_dict=False, **kwargs):
+        """`keras.Model.evaluate`, with the data and finiteness checks of `fit`."""
+        self.check_data(x)
+        logs = super().evaluate(x, y, *args, return_dict=True, **kwargs)
+        self.check_finite(logs, "evaluate")
+        return logs if return_dict else flatten_logs(self, logs)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        """`keras.Model.train_on_batch`, with the checks of `fit`'s steps.
+
+        In a loop of `train_on_batch`, call `begin_epoch(epoch)` at the
+        start of each epoch when the teacher updates per epoch
+        (`keras_distill.teachers.Snapshot`); it warns once otherwise.
+        """
+        self.check_data(x)
+        if not self._epoch_begun and self.updates_per_epoch():
+            warnings.warn(
+                f"{type(self).__name__}.train_on_batch: the teacher updates at "
+                "the start of each epoch, and no epoch has begun; call "
+                "begin_epoch(epoch) at the start of each epoch of the loop.",
+                stacklevel=2,
+            )
+            self._epoch_begun = True  # warned once
+        logs = super().train_on_batch(
+            x, y, sample_weight=sample_weight, class_weight=class_weight,
+            return_dict=True,
+        )
+        self.check_finite(logs, "train_on_batch")
+        return logs if return_dict else flatten_logs(self, logs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """`keras.Model.test_on_batch`, with the checks of `evaluate`."""
+        self.check_data(x)
+        logs = super().test_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+        self.check_finite(logs, "test_on_batch")
+        return logs if return_dict else flatten_logs(self, logs)
+
+    # -- Hooks and checks ------------------------------------------------------
+
+    def begin_epoch(self, epoch):
+        """Runs what changes between epochs (a `Snapshot` teacher's copy).
+
+        `fit` calls it before each epoch; a custom loop calls it itself.
+
+        Args:
+            epoch: the epoch about to start, counted from 0.
+        """
+        self._epoch_begun = True
+
+    def updates_per_epoch(self):
+        """Whether `begin_epoch` changes anything. The default: no."""
+        return False
+
+    def check_data(self, x):
+        """Raises a clear error for in-memory data that cannot be distilled.
+
+        The default accepts any data.
+        """
+
+    def check_finite(self, logs, when="training"):
+        """Raises a `ValueError` naming the logged terms that are not finite.
+
+        Args:
+            logs: a dict of logged values (`fit`'s epoch logs, the result of
+                `evaluate(..., return_dict=True)`, or of
+                `get_metrics_result()` in a custom loop).
+            when: what produced them, for the message.
+
+        Raises:
+            ValueError: when the total or one of the distiller's terms is
+                NaN or infinite.
+        """
+        names = {"loss", *self.step_means.names}
+        bad = [
+            name for name in logs
+            if name.removeprefix("val_") in names
+            and not math.isfinite(float(np.asarray(logs[name])))
+        ]
+        if bad:
+            raise ValueError(
+                f"The logged {', '.join(bad)} were NaN or infinite during "
+                f"{when}; training on them would turn the student's weights "
+                f"into NaN. {self.non_finite_hint(bad)}"
+            )
+
+    def non_finite_hint(self, names):
+        """What to check when the logged `names` are not finite."""
+        return (
+            "Check the data (NaN or infinite inputs or labels), the learning "
+            "rate and the loss weights."
+        )
+
+    def schedulable_variables(self):
+        """The variables `keras_distill.callbacks` schedule, by kind and name.
+
+        Returns:
+            `{"loss_weight": {"student": variable, "<loss name>": variable,
+            ...}, "temperature": {"<loss name>": variable, ...}}`: each
+            loss's weight in the total, and each temperature a loss has.
+        """
+        weights = {"student": self.student_loss_weight}
+        weights.update(
+            (loss.name, weight)
+            for loss, weight in zip(self.distillation_losses, self.distillation_loss_weights)
+        )
+        temperatures = {
+            loss.name: loss.schedulable_variables()["temperature"]
+            for loss in self.distillation_losses
+            if "temperature" in loss.schedulable_variables()
+        }
+        return {"loss_weight": weights, "temperature": temperatures}
+
+
+class _EveryEpoch(keras.callbacks.Callback):
+    """`fit`'s part of the checks: epoch hooks and finite logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.begin_epoch(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 0 and logs:
+            self.model.check_finite(logs, "the first batch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.check_finite(logs or {}, f"epoch {epoch + 1}")
