@@ -20,7 +20,7 @@ backend's own path:
 
 Each run takes one SGD step on the same global batch of 8 (with sample
 weights and a regularized student), from the same weights, of a
-`Distiller` and, where `fit` runs the step, of a `MutualLearning` (`KINDS`).
+`Distiller` (KD and a FitNet hint on the hidden layers) and, where `fit` runs the step, of a `MutualLearning` (`KINDS`).
 OUT receives, per kind, the trained models' weights before the step
 (`<kind>_initial_weight_<i>`) and after it on one device (`single`) and
 distributed (`parallel`), the logs of both steps (`<kind>_<run>_logs` and
@@ -93,12 +93,18 @@ def build(kind):
     """A compiled Distiller or MutualLearning, from the same weights each time."""
     regularizer = keras.regularizers.L2(0.01)
     if kind == "distiller":
+        # The hint reads both models' hidden layers: each replica's step
+        # must read its own pass's features.
+        connector = keras.layers.Dense(
+            16, kernel_initializer=keras.initializers.RandomNormal(seed=3)
+        )
         model = keras_distill.Distiller(
             classifier(16, "teacher"),
             classifier(8, "student", regularizer),
-            keras_distill.losses.KD(temperature=2.0),
+            [keras_distill.losses.KD(temperature=2.0),
+             keras_distill.losses.FitNet("hidden", "hidden", connector=connector)],
             student_loss_weight=0.3,
-            distillation_loss_weights=[0.7],
+            distillation_loss_weights=[0.7, 0.5],
         )
     else:
         model = keras_distill.MutualLearning(

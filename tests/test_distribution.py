@@ -26,7 +26,7 @@ MODES = {
     "torch": ["ddp"],
 }[BACKEND]
 EXPECTED_LOGS = {
-    "distiller": {"loss", "student_loss", "kd", "distillation_loss",
+    "distiller": {"loss", "student_loss", "kd", "fit_net", "distillation_loss",
                   "teacher_agreement"},
     "mutual_learning": {"loss", "peer_1_loss", "peer_2_loss", "peer_1_kd",
                         "peer_2_kd"},

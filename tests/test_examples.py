@@ -121,19 +121,119 @@ def test_fine_foods_encoding_and_distilbert_initialisation():
     )
 
 
+def table_rows(stdout):
+    """`{model: [numbers...]}` of the results table a tutorial printed: each
+    row's measures (mean and spread), then its parameters and seconds."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    # One number per header word but "model" and "±" ("± std" is one).
+    columns = len([w for w in lines[start].split()[1:] if w != "±"])
+    rows = {}
+    for line in lines[start + 1:]:
+        words = line.split()
+        if len(words) <= columns:
+            break
+        rows[" ".join(words[:-columns])] = [float(w) for w in words[-columns:]]
+    return rows
+
+
+def check_accuracies(rows, measures=1):
+    """Each mean measure is a fraction, its spread 0 over one seed, and
+    the parameter counts whole numbers."""
+    for name, numbers in rows.items():
+        assert len(numbers) == 2 * measures + 2, (name, numbers)
+        for mean, spread in zip(numbers[0:-2:2], numbers[1:-2:2]):
+            assert 0.0 <= mean <= 1.0 and spread == 0.0, (name, numbers)
+
+
+def students_share_an_architecture_smaller_than(rows, teacher, ratio=1.0):
+    params = {name: numbers[-2] for name, numbers in rows.items()}
+    students = {p for name, p in params.items() if name.startswith("student")}
+    assert len(students) == 1, params
+    assert params[teacher] > ratio * students.pop(), params
+
+
+def check_attention(rows):
+    check_accuracies(rows)
+    students_share_an_architecture_smaller_than(rows, "teacher", ratio=2.5)
+
+
+def check_embeddings(rows):
+    check_accuracies(rows, measures=2)
+    # The docstring's "6.8k parameters, 11 times fewer".
+    students_share_an_architecture_smaller_than(rows, "teacher", ratio=11.0)
+    assert rows["student, labels only"][-2] < 7000
+
+
+def check_bert(rows):
+    check_accuracies(rows)
+    students_share_an_architecture_smaller_than(rows, "teacher (4 layers)")
+
+
+def check_self(rows):
+    check_accuracies(rows)
+    # One architecture throughout; the ensemble holds three of them.
+    single = {n: r[-2] for n, r in rows.items() if "ensemble" not in n}
+    assert len(set(single.values())) == 1, single
+    ensemble = rows["born-again ensemble of generations 0-2"][-2]
+    assert ensemble == 3 * next(iter(single.values()))
+
+
+def check_patient(rows):
+    for name, (errors, params, _) in rows.items():
+        assert 0 <= errors <= 10_000 and params > 0, (name, errors)
+
+
+TUTORIALS = {
+    "fashion_mnist_attention.py": (
+        ["teacher", "student, labels only", "student + KD",
+         "student + KD + AT + FitNet"], check_attention),
+    "fashion_mnist_embeddings.py": (
+        ["teacher", "student, labels only", "student + RKD", "student + SP",
+         "student + PKT", "student + CC", "student + CRD"], check_embeddings),
+    "fine_foods_bert.py": (
+        ["teacher (4 layers)", "student, labels only",
+         "student + DistilBERT losses", "student + TinyBERT losses"], check_bert),
+    "fashion_mnist_self.py": (
+        ["labels only (generation 0)", "mutual learning, peer_1 of 2",
+         "mutual learning, peer_2 of 2", "student of its moving average",
+         "the moving average itself",
+         "student of its snapshots (every 2 epochs)", "born-again generation_1",
+         "born-again generation_2", "born-again ensemble of generations 0-2"],
+        check_self),
+    "mnist_patient.py": (["teacher CNN", "student, function matching"], check_patient),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "script, row",
-    [("fashion_mnist_attention.py", "student + KD + AT + FitNet"),
-     ("fashion_mnist_embeddings.py", "student + CRD"),
-     ("fine_foods_bert.py", "student + TinyBERT losses"),
-     ("fashion_mnist_self.py", "born-again ensemble of generations 0-2"),
-     ("migrate_from_keras.py", "keras.distillation"),
-     ("mnist_patient.py", "student, function matching")],
-)
-def test_tutorial_quick_mode_prints_its_table(script, row):
+@pytest.mark.parametrize("script", sorted(TUTORIALS))
+def test_tutorial_quick_mode_prints_every_model_with_valid_measures(script):
     result = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, script), "--quick"],
         capture_output=True, text=True, check=True,
     )
-    assert row in result.stdout, result.stdout
+    rows = table_rows(result.stdout)
+    names, check = TUTORIALS[script]
+    assert list(rows) == names, result.stdout
+    check(rows)
+
+
+@pytest.mark.slow
+def test_migration_tutorial_shows_keras_distill_computing_hintons_kd():
+    # The tutorial's claim: keras_distill's LogitsDistillation is Hinton's
+    # KD, keras.distillation's default is not.
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "migrate_from_keras.py"), "--quick"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Hinton KD" in line)
+    losses = [[float(v) for v in line.split()] for line in lines[start + 1:]]
+    assert [row[0] for row in losses] == [1.0, 2.0, 4.0], result.stdout
+    for _, hinton, ours, keras_default in losses:
+        assert ours == pytest.approx(hinton, rel=1e-3, abs=1e-4)
+        assert abs(keras_default - hinton) > 0.1 * hinton
+    errors = {line.split()[0]: int(line.split()[1]) for line in lines[1:5]}
+    assert set(errors) == {"teacher", "scratch_student", "keras_distillation",
+                           "keras_distill"}
+    assert all(0 <= e <= 10_000 for e in errors.values())

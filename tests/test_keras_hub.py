@@ -39,7 +39,18 @@ def test_transformer_layer_outputs_are_tapped_in_the_forward_pass():
     x, _ = batch(4)
     taps = LayerTaps(model, ["backbone/transformer_layer_1"])
     outputs, features = taps(x)
+    # The same layer's output through a Functional model of the backbone
+    # that ends there: an independent path to the same tensor.
+    backbone = model.backbone
+    up_to_layer = keras.Model(
+        backbone.inputs, backbone.get_layer("transformer_layer_1").output
+    )
+    expected = up_to_layer({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")})
     assert tuple(features["backbone/transformer_layer_1"].shape) == (4, 12, 16)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(features["backbone/transformer_layer_1"]),
+        keras.ops.convert_to_numpy(expected), rtol=1e-5, atol=1e-5,
+    )
     # Inferred without data: the sequence length is dynamic in keras-hub's
     # inputs, and so reported.
     symbolic = taps.symbolic()
