@@ -302,11 +302,19 @@ class DistillationLoss(keras.layers.Layer):
         Returns:
             A float32 scalar.
         """
+        return self._total(
+            self.read(teacher_pass, student_pass), labels, sample_weight, None,
+            inputs, training,
+        )
+
+    def _total(self, pairs, labels, sample_weight, mask, inputs, training):
+        """The sum of `compute` over the (teacher, student) `pairs`."""
         total = None
-        for pair, (teacher, student) in enumerate(self.read(teacher_pass, student_pass)):
+        for pair, (teacher, student) in enumerate(pairs):
             value = self._checked(LossContext(
                 teacher, student, labels, sample_weight,
-                self.padding_mask(student, inputs), inputs, training, pair,
+                mask if mask is not None else self.padding_mask(student, inputs),
+                inputs, training, pair,
             ))
             total = value if total is None else total + value
         return total
@@ -374,15 +382,9 @@ class DistillationLoss(keras.layers.Layer):
         pairs = len(self.teacher_sources)
         teachers = list(teacher_outputs) if pairs > 1 else [teacher_outputs]
         students = list(student_outputs) if pairs > 1 else [student_outputs]
-        total = None
-        for pair, (teacher, student) in enumerate(zip(teachers, students)):
-            value = self._checked(LossContext(
-                teacher, student, labels, sample_weight,
-                mask if mask is not None else self.padding_mask(student, inputs),
-                inputs, training, pair,
-            ))
-            total = value if total is None else total + value
-        return total
+        return self._total(
+            zip(teachers, students), labels, sample_weight, mask, inputs, training
+        )
 
     def build(self, teacher_specs, student_specs):
         """Creates the loss's own layers from the shapes of what it reads.
