@@ -98,7 +98,7 @@ def install_method_hook(layer, name, make_hook):
         already (hooks are installed once and stay, doing nothing while
         no tap records).
     """
-    if getattr(vars(layer).get(name), _HOOK, False):
+    if has_method_hook(layer, name):
         return False
     original = getattr(layer, name)
     hook = functools.wraps(original)(make_hook(original))

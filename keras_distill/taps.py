@@ -207,23 +207,31 @@ class LayerTaps:
 
         Inferred by Keras's symbolic shape inference, without running the
         model on data, from its symbolic inputs (Functional and Sequential
-        models) or the input shape it was built with. Axes of unknown size
-        (the batch, a variable sequence length) are inferred at sizes 2 and
-        3, which every layer accepts (a position embedding's maximum length
-        included), and are `None` in the result where the two differ.
+        models) or the input shape it was built with; a Functional or
+        Sequential model without taps gives its own symbolic outputs. Axes
+        of unknown size after the batch (a variable sequence length) are
+        inferred at sizes 2 and 3, which every layer accepts (a position
+        embedding's maximum length included), and are `None` in the result
+        where the two differ; the batch axis is always `None`.
 
         Returns:
             A `ForwardPass`, or `None` when the model's input shape is not
             known (a subclassed model built by `build()` without a shape).
         """
+        outputs = None if self.paths else _symbolic_outputs(self.model)
+        if outputs is not None:
+            return ForwardPass(outputs, {})
         specs = self._input_specs()
         if specs is None:
             return None
+        unknown = any(
+            None in x.shape[1:] for x in keras.tree.flatten(specs)
+        )
         probes = [
             _SymbolicPass(self)(
                 keras.tree.map_structure(lambda x: _sized(x, size), specs)
             )
-            for size in (2, 3)
+            for size in ((2, 3) if unknown else (2,))
         ]
         merged = keras.tree.map_structure(_merged, *probes)
         return ForwardPass(*merged)
@@ -242,6 +250,17 @@ class LayerTaps:
             lambda shape: keras.KerasTensor((None, *shape[1:]), "float32"),
             _plain(build_config["input_shape"]),
         )
+
+
+def _symbolic_outputs(model):
+    """A Functional or Sequential model's symbolic outputs, in their
+    structure; `None` for a subclassed model."""
+    if symbolic_inputs(model) is None:
+        return None
+    try:
+        return model.outputs[0] if isinstance(model, keras.Sequential) else model.output
+    except (AttributeError, ValueError):
+        return None
 
 
 def _plain(structure):

@@ -22,6 +22,12 @@ from tests.reference import to_np
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+def assert_weights(model, expected):
+    """`model`'s weights are `expected`, array by array."""
+    for actual, wanted in zip(model.get_weights(), expected):
+        assert_close(actual, wanted)
+
+
 def bn_mlp(name="student"):
     """A classifier with batch normalisation: trainable and moving state."""
     return keras.Sequential(
@@ -103,8 +109,7 @@ def test_moving_average_is_not_trained_and_evaluation_leaves_it():
     before = teacher.get_weights()
     model.evaluate(x, y, verbose=0)
     model.predict(x, verbose=0)
-    for actual, wanted in zip(teacher.get_weights(), before):
-        assert_close(actual, wanted)
+    assert_weights(teacher, before)
 
 
 def test_snapshot_takes_the_students_weights_every_n_epochs():
@@ -120,12 +125,10 @@ def test_snapshot_takes_the_students_weights_every_n_epochs():
             ends.append(self.model.student.get_weights())
 
     model.fit(x, y, epochs=2, verbose=0, callbacks=[Keep()])
-    for actual, wanted in zip(teacher.get_weights(), initial):
-        assert_close(actual, wanted)  # no snapshot before epoch 2
+    assert_weights(teacher, initial)  # no snapshot before epoch 2
     model.fit(x, y, epochs=5, initial_epoch=2, verbose=0, callbacks=[Keep()])
     # Snapshots at the start of epochs 2 and 4: the student after epoch 3.
-    for actual, wanted in zip(teacher.get_weights(), ends[3]):
-        assert_close(actual, wanted)
+    assert_weights(teacher, ends[3])
     assert not np.allclose(ends[3][0], ends[4][0])
 
 
@@ -142,18 +145,15 @@ def test_snapshot_in_a_train_on_batch_loop_updates_at_begin_epoch():
         for epoch in range(3):
             model.begin_epoch(epoch)
             if epoch == 0:  # no snapshot at the start of training
-                for actual, wanted in zip(teacher.get_weights(), initial):
-                    assert_close(actual, wanted)
+                assert_weights(teacher, initial)
             else:  # the student as the previous epoch left it
-                for actual, wanted in zip(teacher.get_weights(), ends[-1]):
-                    assert_close(actual, wanted)
+                assert_weights(teacher, ends[-1])
             for start in range(0, 64, 32):
                 model.train_on_batch(x[start:start + 32], y[start:start + 32])
             ends.append(student.get_weights())
     # Between epochs the teacher stays put while the student moves.
     assert not np.allclose(ends[1][0], ends[2][0])
-    for actual, wanted in zip(teacher.get_weights(), ends[1]):
-        assert_close(actual, wanted)
+    assert_weights(teacher, ends[1])
 
 
 def test_train_on_batch_warns_once_when_no_epoch_began():
@@ -167,8 +167,7 @@ def test_train_on_batch_warns_once_when_no_epoch_began():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*begin_epoch")
         model.train_on_batch(x, y)  # warned once
-    for actual, wanted in zip(teacher.get_weights(), initial):
-        assert_close(actual, wanted)  # and no snapshot was taken
+    assert_weights(teacher, initial)  # and no snapshot was taken
     # Teachers that do not update per epoch need no begin_epoch.
     for make_teacher in (MovingAverage, lambda _: mlp(16, name="teacher")):
         student = mlp(6, name="plain")
@@ -259,8 +258,7 @@ def test_born_again_chains_generations_and_ensembles_them():
     assert all(len(h.history["kd"]) == 2 for h in histories)
     # The optimizer object given was copied for each generation, not used.
     assert int(optimizer.iterations.numpy()) == 0
-    for actual, wanted in zip(teacher.get_weights(), before):
-        assert_close(actual, wanted)
+    assert_weights(teacher, before)
     ensemble = MultiTeacher(students, combine="mean_probabilities")
     assert ensemble.predict(x, verbose=0).shape == (96, 3)
 

@@ -268,6 +268,9 @@ def test_rematerialized_models_give_the_same_features_and_gradients(mode):
         if remat:
             with keras.RematScope(mode=mode):
                 teacher, student = nested_functional(16, "teacher"), subclassed(4)
+            # The layers on the tapped paths really are rematerialised.
+            for model, path in ((teacher, "backbone/block_1"), (student, "block/inner")):
+                assert internals.is_rematerialized(find_layer(model, path))
         else:
             teacher, student = nested_functional(16, "teacher"), subclassed(4)
         hint = FitNet("backbone/block_1", "block/inner", connector=keras.layers.Dense(16))

@@ -122,8 +122,9 @@ def rkd_angle(teacher, student, sample_weight=None):
     `x_i - x_j` and `x_k - x_j`; the loss is the mean of
     `huber(cos_s - cos_t)` over all `B^3` triplets (degenerate ones add 0),
     as the authors' code averages it, so that their weight of 50 applies as
-    is. Translating or scaling embeddings leaves it unchanged. The cosines come from the `(B, B)` Gram matrix of the
-    centred embeddings; in float32 it gives a squared distance to about
+    is. Translating or scaling embeddings leaves it unchanged. The cosines
+    come from the `(B, B)` Gram matrix of the centred embeddings; in
+    float32 it gives a squared distance to about
     `1e-7 (|x_i|^2 + |x_j|^2)`, so two samples closer than
     `sqrt(1e-5 (|x_i|^2 + |x_j|^2))` count as coincident: no direction
     leads from one to the other (cosine 0), as for equal samples. Work and
