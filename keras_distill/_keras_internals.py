@@ -53,6 +53,23 @@ def child_layers(layer):
     return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
+def seed_generators(layer):
+    """Every `keras.random.SeedGenerator` of `layer` and the layers inside it,
+    in a fixed order (Dropout's, a random augmentation's, ...).
+
+    Keras keeps them in `Layer._seed_generators`, and saves none of their
+    states: a model loaded from a file draws the masks it drew when built.
+    """
+    found = {}
+    stack = [layer]
+    while stack:
+        current = stack.pop(0)
+        for generator in current._seed_generators:
+            found.setdefault(id(generator), generator)
+        stack.extend(child_layers(current))
+    return list(found.values())
+
+
 def set_untracked(obj, name, value):
     """Sets `obj.name = value` past Keras's attribute tracking.
 
@@ -176,6 +193,15 @@ def attention_scores_call(compute_attention, wanted, record):
 # -- Training-loop details ------------------------------------------------
 
 
+def in_traced_step():
+    """Whether code runs inside a traced step (JAX's stateless scope, a
+    TensorFlow graph), where a variable's value is not a number yet."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+    from keras.src.utils.backend_utils import in_tf_graph
+
+    return in_stateless_scope() or in_tf_graph()
+
+
 def compiled_loss(model):
     """The loss `model.compile(loss=...)` set, as Keras calls it, or `None`.
 
@@ -272,3 +298,47 @@ except ImportError:  # pragma: no cover - depends on the installed Keras
     def unscale_loss_for_distribution(value):
         return value
 
+
+
+# -- Steps that are not finite apply nothing -------------------------------
+#
+# Keras's `LossScaleOptimizer` already skips every step whose gradients are
+# not finite (without advancing the optimizer it wraps), on every backend and
+# under `tf.distribute`; it also halves its loss scale there. At a constant
+# scale of 1 its finite steps are the wrapped optimizer's exactly (the loss is
+# multiplied and the gradients divided by 1), so a subclass that keeps the
+# scale where it is, and never grows it, does nothing else.
+from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer  # noqa: E402
+
+
+@keras.saving.register_keras_serializable(package="keras_distill")
+class SkipsNonFiniteSteps(LossScaleOptimizer):
+    """Wraps an optimizer so that a step with a NaN or infinite gradient
+    changes neither the weights nor the optimizer's state.
+
+    Args:
+        inner_optimizer: the optimizer that applies the finite steps.
+    """
+
+    def __init__(self, inner_optimizer, name=None, **kwargs):
+        kwargs.pop("initial_scale", None)
+        kwargs.pop("dynamic_growth_steps", None)
+        super().__init__(
+            inner_optimizer, initial_scale=1.0, dynamic_growth_steps=2**31 - 1,
+            name=name or f"{inner_optimizer.name}_finite_steps", **kwargs,
+        )
+
+    def _stateful_handle_non_finite_grads(self):
+        pass
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        return trainable_variables, optimizer_variables
+
+
+def skipping_non_finite_steps(optimizer):
+    """`optimizer` (an instance or identifier), wrapped in
+    `SkipsNonFiniteSteps` unless it skips such steps already."""
+    optimizer = keras.optimizers.get(optimizer)
+    if isinstance(optimizer, LossScaleOptimizer):
+        return optimizer
+    return SkipsNonFiniteSteps(optimizer)

@@ -5,6 +5,7 @@ import threading
 from typing import NamedTuple
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_distill._keras_internals import get_keras_mask
@@ -21,6 +22,10 @@ from keras_distill.validation import check_weight
 from keras_distill.validation import in_memory
 from keras_distill.validation import loss_list
 from keras_distill.validation import loss_weights
+
+
+# How many samples of in-memory data `check_data` runs the models on, once.
+_CHECKED_SAMPLES = 64
 
 
 class _StudentStep(NamedTuple):
@@ -61,12 +66,19 @@ class Distiller(DistillationModel):
     backend.
 
     `fit` and `evaluate` log `loss` (the total), `student_loss`, one entry
-    per distillation loss under its name (unweighted), `distillation_loss`
-    (the weighted sum), the compiled metrics of the student, and
-    `teacher_agreement`: how often the student's top-1 class is the
-    teacher's, on the output of the first loss that compares predictions.
-    `fit`, `evaluate`, `train_on_batch` and `test_on_batch` stop with an
-    error that names a logged term that is NaN or infinite, and a teacher
+    per distillation loss under its name (unweighted; a repeated name gets
+    a suffix, `kd_1`, as Keras names layers: `distillation_loss_names`),
+    `distillation_loss` (the weighted sum), the compiled metrics of the
+    student, `teacher_agreement` (how often the student's top-1 class is
+    the teacher's, on the output of the first loss that compares
+    predictions) and `total_loss`, the total again under the name
+    `keras.distillation` gives it. `student_loss_weight`,
+    `distillation_loss_weights` and each loss's `temperature` read as
+    numbers and can be set between steps.
+    A training step whose gradients are NaN or infinite (a corrupt teacher)
+    changes no weight (see `compile`), and `fit`, `evaluate`,
+    `train_on_batch` and `test_on_batch` stop with an error that names a
+    logged term that is NaN or infinite; a teacher
     that updates between epochs (`Snapshot`) updates in `begin_epoch`,
     which `fit` calls.
 
@@ -80,8 +92,10 @@ class Distiller(DistillationModel):
     so a script written for it runs after changing its import.
 
     Args:
-        teacher: a built `keras.Model`, usually trained.
-        student: a built `keras.Model` to train.
+        teacher: a `keras.Model`, usually trained. One that is not built
+            yet is built on the first batch, as Keras builds models.
+        student: a `keras.Model` to train; built on the first batch if
+            it is not yet.
         distillation_losses: a `keras_distill.DistillationLoss` or a list of
             them (`keras_distill.losses.KD`, `LogitsDistillation`, ...).
         distillation_loss_weights: a weight >= 0 per distillation loss.
@@ -138,30 +152,23 @@ class Distiller(DistillationModel):
                 "teacher must be a separate model (for example a trained "
                 "copy: keras.models.clone_model plus set_weights)."
             )
-        hooks = hooks_of(teacher)
-        hooks.check_student(student)
-        losses = loss_list(distillation_losses)
+        losses, names = loss_list(distillation_losses)
         check_weight(student_loss_weight, "student_loss_weight")
         weights = loss_weights(distillation_loss_weights, len(losses), student_loss_weight)
 
         self.teacher = teacher
         self.student = student
         self.augmentation = augmentation
-        set_untracked(self, "_teacher_hooks", hooks)
-        # The teacher is built, so its variables are fixed; the trainable
-        # variable lists, read on every step, filter them out by identity.
-        self._teacher_variable_ids = frozenset(id(v) for v in teacher.variables)
+        set_untracked(self, "_teacher_hooks", hooks_of(teacher))
         # Top-1 agreement is measured on the outputs of the first loss that
         # compares the models' class predictions.
         agreement = next((l for l in losses if l.reads_predictions()), None)
         set_untracked(self, "_agreement_loss", agreement)
         self._set_losses(
-            losses, weights, student_loss_weight,
-            ["student_loss", *(loss.name for loss in losses), "distillation_loss"]
+            losses, names, weights, student_loss_weight,
+            ["student_loss", *names, "distillation_loss"]
             + ([] if agreement is None else ["teacher_agreement"]),
         )
-        for loss in losses:
-            loss.validate_model_compatibility(teacher, student)
         self._teacher_taps = LayerTaps(
             teacher, [p for l in losses for p in l.tap_paths("teacher")], "teacher"
         )
@@ -171,8 +178,39 @@ class Distiller(DistillationModel):
         # The last student pass of each thread (`tf.distribute` runs each
         # replica's step in a thread of its own).
         set_untracked(self, "_steps", threading.local())
-        self._prepare_losses()
+        set_untracked(self, "_ready", False)
+        set_untracked(self, "_values_checked", False)
+        if teacher.built and student.built:
+            self._get_ready()
         self.built = True
+
+    def _get_ready(self, inputs=None):
+        """Builds what needs the models built, once, before the first step.
+
+        Models that are not built yet are built by calling them on
+        `inputs`, the first batch the Distiller sees (symbolic, when `fit`,
+        `evaluate` or `predict` infers the shapes first, as Keras does for
+        any model); then the models and the losses are checked, and the
+        losses built.
+        """
+        if inputs is not None:
+            for model, view in (
+                (self.teacher, inputs),
+                (self.student, self._teacher_hooks.student_view(inputs)),
+            ):
+                if not model.built:
+                    model(view, training=False)
+        self._teacher_hooks.check_student(self.student)
+        # The teacher is built, so its variables are fixed; the trainable
+        # variable lists, read on every step, filter them out by identity.
+        set_untracked(
+            self, "_teacher_variable_ids",
+            frozenset(id(v) for v in self.teacher.variables),
+        )
+        for loss in self.distillation_losses:
+            loss.validate_model_compatibility(self.teacher, self.student)
+        self._prepare_losses()
+        self._ready = True
 
     def _prepare_losses(self):
         """Checks each loss on the models' symbolic passes, and builds it.
@@ -202,7 +240,10 @@ class Distiller(DistillationModel):
 
     def _split_off_teacher(self, variables):
         """`variables` without the teacher's, and the teacher's among them."""
-        teacher_ids = self._teacher_variable_ids
+        teacher_ids = (
+            self._teacher_variable_ids if self._ready
+            else frozenset(id(v) for v in self.teacher.variables)
+        )
         return (
             [v for v in variables if id(v) not in teacher_ids],
             [v for v in variables if id(v) in teacher_ids],
@@ -227,6 +268,24 @@ class Distiller(DistillationModel):
         teacher = self._split_off_teacher(super().trainable_variables)[1]
         return super().non_trainable_variables + teacher
 
+    # -- `keras.distillation`'s trackers, as views of the logs' metric -------
+
+    @property
+    def student_loss_tracker(self):
+        """The mean `student_loss` of the logs, read like a
+        `keras.metrics.Mean` (`result()`, `reset_state()`)."""
+        return self.step_means.entry("student_loss")
+
+    @property
+    def distillation_loss_tracker(self):
+        """The mean `distillation_loss` of the logs, like `student_loss_tracker`."""
+        return self.step_means.entry("distillation_loss")
+
+    @property
+    def total_loss_tracker(self):
+        """The mean `total_loss` (`loss`) of the logs, like `student_loss_tracker`."""
+        return self.step_means.entry("total_loss")
+
     # -- The step ------------------------------------------------------------
 
     def call(self, inputs, training=None):
@@ -236,6 +295,8 @@ class Distiller(DistillationModel):
         `compute_loss` of the same step, so the student runs once; so does
         the augmented batch, for the teacher.
         """
+        if not self._ready:
+            self._get_ready(inputs)
         teacher_inputs = inputs
         if training and self.augmentation is not None:
             teacher_inputs = (
@@ -269,6 +330,8 @@ class Distiller(DistillationModel):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
+        if not self._ready:
+            self._get_ready(x)
         if y_pred is None:
             y_pred = self(x, training=training)
         step = self._student_step(x, y_pred, training)
@@ -288,7 +351,8 @@ class Distiller(DistillationModel):
             for loss in self.distillation_losses
         ]
         distillation_loss = None
-        for value, weight in zip(values, self.distillation_loss_weights):
+        for value, weight in zip(values, self._loss_weights):
+            weight = weight.variable
             term = weight * value
             distillation_loss = term if distillation_loss is None else distillation_loss + term
 
@@ -327,10 +391,36 @@ class Distiller(DistillationModel):
 
     # -- Checks and hooks ------------------------------------------------------
 
-    def check_data(self, x):
-        """Lets a teacher that reads the data (`Precomputed`) check it first."""
-        if in_memory(x):
-            self._teacher_hooks.check_data(x)
+    def check_data(self, x, y=None):
+        """Checks in-memory data before it trains or evaluates anything.
+
+        A teacher that reads the data (`Precomputed`) checks it; then, once,
+        each loss checks what it reads of the first samples
+        (`DistillationLoss.check_values`: probabilities where logits are
+        expected, labels out of range, ...).
+        """
+        if not in_memory(x):
+            return
+        self._teacher_hooks.check_data(x)
+        if self._values_checked:
+            return
+        x = keras.tree.map_structure(lambda a: a[:_CHECKED_SAMPLES], x)
+        y = (
+            keras.tree.map_structure(lambda a: np.asarray(a[:_CHECKED_SAMPLES]), y)
+            if in_memory(y) else None
+        )
+        if not self._ready:
+            self._get_ready(x)
+        teacher = self._teacher_taps(x, training=False)
+        student = self._student_taps(self._teacher_hooks.student_view(x), training=False)
+        for loss in self.distillation_losses:
+            for t, s in loss.read(teacher, student):
+                loss.check_values(
+                    keras.tree.map_structure(ops.convert_to_numpy, t),
+                    keras.tree.map_structure(ops.convert_to_numpy, s),
+                    y,
+                )
+        self._values_checked = True
 
     def begin_epoch(self, epoch):
         """Lets a teacher that changes between epochs (`Snapshot`) update.
@@ -397,10 +487,8 @@ class Distiller(DistillationModel):
                     keras.saving.serialize_keras_object(loss)
                     for loss in self.distillation_losses
                 ],
-                "distillation_loss_weights": [
-                    float(w.numpy()) for w in self.distillation_loss_weights
-                ],
-                "student_loss_weight": float(self.student_loss_weight.numpy()),
+                "distillation_loss_weights": self.distillation_loss_weights,
+                "student_loss_weight": self.student_loss_weight,
                 "augmentation": keras.saving.serialize_keras_object(
                     self.augmentation
                 ),

@@ -8,6 +8,7 @@ from keras_distill.losses.response import KD
 from keras_distill.taps import ForwardPass
 from keras_distill.training import DistillationModel
 from keras_distill.training import batch_size_of
+from keras_distill.validation import check_built
 from keras_distill.validation import check_model
 from keras_distill.validation import check_weight
 
@@ -87,6 +88,7 @@ class MutualLearning(DistillationModel):
             )
         for i, model in enumerate(models):
             check_model(model, f"peer {i}")
+            check_built(model, f"peer {i}")
         if len({id(m) for m in models}) != len(models):
             raise ValueError(
                 "MutualLearning received the same model object more than once; "
@@ -113,7 +115,7 @@ class MutualLearning(DistillationModel):
         self.peers = models
         self.peer_names = names
         self._set_losses(
-            [loss], [distillation_loss_weight], student_loss_weight,
+            [loss], [loss.name], [distillation_loss_weight], student_loss_weight,
             [f"{peer}_{loss.name}" for peer in names],
         )
         self.built = True
@@ -198,7 +200,7 @@ class MutualLearning(DistillationModel):
             ]
             values.append(ops.sum(ops.stack(terms)) / len(terms))
 
-        (weight,) = self.distillation_loss_weights
+        weight = self._loss_weights[0].variable
         return self.finish_step(
             supervised, weight * ops.sum(ops.stack(values)), regularization,
             values, batch_size_of(outputs[0]),
@@ -217,10 +219,8 @@ class MutualLearning(DistillationModel):
                 "distillation_loss": keras.saving.serialize_keras_object(
                     self.distillation_losses[0]
                 ),
-                "distillation_loss_weight": float(
-                    self.distillation_loss_weights[0].numpy()
-                ),
-                "student_loss_weight": float(self.student_loss_weight.numpy()),
+                "distillation_loss_weight": self.distillation_loss_weights[0],
+                "student_loss_weight": self.student_loss_weight,
             }
         )
         return config

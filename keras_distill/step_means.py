@@ -71,5 +71,39 @@ class StepMeans(keras.metrics.Metric):
         means = self.total / ops.maximum(self.count, _TINY)
         return dict(zip(self.names, ops.unstack(means)))
 
+    def entry(self, name):
+        """One entry, read like a `keras.metrics.Mean` of its own.
+
+        Args:
+            name: one of `names`.
+
+        Returns:
+            An object with the entry's `name`, `result()` (its mean, a
+            scalar tensor) and `reset_state()` (which resets it alone).
+        """
+        if name not in self.names:
+            raise ValueError(f"No entry {name!r}; the entries are {self.names}.")
+        return _Entry(self, name)
+
     def get_config(self):
         return {"names": self.names, "name": self.name, "dtype": self.dtype}
+
+
+class _Entry:
+    """One entry of a `StepMeans`, with the reading half of a metric's API."""
+
+    def __init__(self, means, name):
+        self._means = means
+        self.name = name
+
+    def result(self):
+        return self._means.result()[self.name]
+
+    def reset_state(self):
+        others = ops.cast(
+            ops.not_equal(ops.arange(len(self._means.names)),
+                          self._means.names.index(self.name)),
+            self._means.dtype,
+        )
+        self._means.total.assign(self._means.total * others)
+        self._means.count.assign(self._means.count * others)

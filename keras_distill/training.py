@@ -20,20 +20,14 @@ from keras_distill._keras_internals import compiled_loss
 from keras_distill._keras_internals import flatten_logs
 from keras_distill._keras_internals import log_total_with_terms
 from keras_distill._keras_internals import scale_loss_for_distribution
+from keras_distill._keras_internals import seed_generators
+from keras_distill._keras_internals import skipping_non_finite_steps
 from keras_distill._keras_internals import unscale_loss_for_distribution
+from keras_distill.scalars import Scalar
 from keras_distill.step_means import StepMeans
 from keras_distill.validation import check_label_loss
-
-
-def weight_variable(model, name, value):
-    """A non-trainable float32 scalar of `model`, for callbacks to schedule."""
-    return model.add_weight(
-        name=name,
-        shape=(),
-        initializer=keras.initializers.Constant(float(value)),
-        trainable=False,
-        dtype="float32",
-    )
+from keras_distill.validation import check_weight
+from keras_distill.validation import loss_weights
 
 
 def batch_size_of(outputs):
@@ -43,6 +37,10 @@ def batch_size_of(outputs):
     if first.shape[0] is not None:
         return float(first.shape[0])
     return ops.cast(ops.shape(first)[0], "float32")
+
+
+# The keys of the random generators' states among a model's saved variables.
+_SEED_STATE = "seed_generator_state_"
 
 
 class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
@@ -63,18 +61,47 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
       `train_on_batch` calls it itself.
     """
 
-    def _set_losses(self, losses, weights, student_loss_weight, logged):
-        """Keeps the losses, their weights as variables, and the logs' metric."""
+    def _set_losses(self, losses, names, weights, student_loss_weight, logged):
+        """Keeps the losses, their weights as variables, and the logs' metric.
+
+        Args:
+            losses: the distillation losses.
+            names: the distinct name each is logged and scheduled under.
+            weights: the weight of each in the total.
+            student_loss_weight: the weight of the loss on the labels.
+            logged: the names of the terms `finish_step` logs after `loss`
+                (`total_loss` is logged last, as `keras.distillation` logs it).
+        """
         self.distillation_losses = losses
-        self.student_loss_weight = weight_variable(
-            self, "student_loss_weight", student_loss_weight
-        )
-        self.distillation_loss_weights = [
-            weight_variable(self, f"{loss.name}_weight", weight)
-            for loss, weight in zip(losses, weights)
+        self.distillation_loss_names = list(names)
+        self._student_weight = Scalar(self, "student_loss_weight", student_loss_weight)
+        self._loss_weights = [
+            Scalar(self, f"{name}_weight", weight) for name, weight in zip(names, weights)
         ]
-        self.step_means = StepMeans(["loss", *logged], name="distiller_logs")
+        self.step_means = StepMeans(["loss", *logged, "total_loss"], name="distiller_logs")
         self._epoch_begun = False
+
+    @property
+    def student_loss_weight(self):
+        """The weight of the loss on the labels, a float; settable."""
+        return self._student_weight.number
+
+    @student_loss_weight.setter
+    def student_loss_weight(self, value):
+        check_weight(value, "student_loss_weight")
+        self._student_weight.assign(value)
+
+    @property
+    def distillation_loss_weights(self):
+        """The weight of each distillation loss, a list of floats; settable
+        (assign a whole list)."""
+        return [weight.number for weight in self._loss_weights]
+
+    @distillation_loss_weights.setter
+    def distillation_loss_weights(self, values):
+        values = loss_weights(values, len(self._loss_weights), self.student_loss_weight)
+        for weight, value in zip(self._loss_weights, values):
+            weight.assign(value)
 
     # -- The step's pieces ---------------------------------------------------
 
@@ -102,14 +129,16 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
             student_loss: the unweighted loss on the labels.
             distillation_loss: the weighted sum of the distillation terms.
             regularization: the regularization losses, or `None`.
-            logged: one scalar per name of `step_means` after `"loss"`.
+            logged: one scalar per name of `_set_losses`'s `logged`.
             weights: the weight of each logged scalar (the batch size, say),
                 the total's first, or one weight for all.
         """
-        total = self.student_loss_weight * student_loss + distillation_loss
+        total = self._student_weight.variable * student_loss + distillation_loss
         if regularization is not None:
             total = total + regularization
-        self.step_means.update_state([total, *logged], weights)
+        if isinstance(weights, (list, tuple)):
+            weights = [*weights, weights[0]]
+        self.step_means.update_state([total, *logged, total], weights)
         return scale_loss_for_distribution(total)
 
     # -- Entry points ----------------------------------------------------------
@@ -127,10 +156,23 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
             **kwargs: other `keras.Model.compile` arguments
                 (`loss_weights`, `weighted_metrics`, `jit_compile`, ...).
 
+        A step whose gradients are NaN or infinite (a corrupt teacher, an
+        overflow) applies no update and leaves the optimizer's state as it
+        was; `fit` then stops with an error naming the term at fault. To do
+        so the optimizer is wrapped, as Keras wraps it for mixed precision,
+        in a `keras.optimizers.LossScaleOptimizer` (of constant scale 1, so
+        its finite steps are the optimizer's own): `self.optimizer` is the
+        wrapper, and `self.optimizer.inner_optimizer` the one given here.
+
         Raises:
             ValueError: when `loss` is missing but `student_loss_weight > 0`.
         """
         check_label_loss(loss, self.student_loss_weight, type(self).__name__)
+        # A mixed_float16 model's optimizer is wrapped by Keras, in a loss
+        # scaling optimizer that skips such steps too.
+        if not (self.dtype_policy.name == "mixed_float16"
+                and kwargs.get("auto_scale_loss", True)):
+            optimizer = skipping_non_finite_steps(optimizer)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         log_total_with_terms(self)  # `loss` is logged with the other terms
 
@@ -148,13 +190,13 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         term that is NaN or infinite stops `fit` with a `ValueError` that
         names it.
         """
-        self.check_data(x)
+        self.check_data(x, y)
         callbacks = [*(callbacks or []), _EveryEpoch()]
         return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, return_dict=False, **kwargs):
         """`keras.Model.evaluate`, with the data and finiteness checks of `fit`."""
-        self.check_data(x)
+        self.check_data(x, y)
         logs = super().evaluate(x, y, *args, return_dict=True, **kwargs)
         self.check_finite(logs, "evaluate")
         return logs if return_dict else flatten_logs(self, logs)
@@ -167,7 +209,7 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         start of each epoch when the teacher updates per epoch
         (`keras_distill.teachers.Snapshot`); it warns once otherwise.
         """
-        self.check_data(x)
+        self.check_data(x, y)
         if not self._epoch_begun and self.updates_per_epoch():
             warnings.warn(
                 f"{type(self).__name__}.train_on_batch: the teacher updates at "
@@ -185,7 +227,7 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """`keras.Model.test_on_batch`, with the checks of `evaluate`."""
-        self.check_data(x)
+        self.check_data(x, y)
         logs = super().test_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
         self.check_finite(logs, "test_on_batch")
         return logs if return_dict else flatten_logs(self, logs)
@@ -206,8 +248,12 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         """Whether `begin_epoch` changes anything. The default: no."""
         return False
 
-    def check_data(self, x):
+    def check_data(self, x, y=None):
         """Raises a clear error for in-memory data that cannot be distilled.
+
+        Args:
+            x: the inputs given to `fit`, `evaluate`, ...
+            y: the labels, or `None`.
 
         The default accepts any data.
         """
@@ -245,6 +291,30 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
             "rate and the loss weights."
         )
 
+    # -- Saving: the random generators' states travel with the weights -------
+
+    def save_own_variables(self, store):
+        """Saves the loss weights, and the state of every random generator
+        of the models (Dropout's, the augmentation's), which Keras does not
+        save: a training run resumed from the file (`load_model`, or
+        `keras.callbacks.BackupAndRestore`) draws the masks the
+        uninterrupted run would have drawn."""
+        super().save_own_variables(store)
+        for i, generator in enumerate(seed_generators(self)):
+            store[f"{_SEED_STATE}{i}"] = ops.convert_to_numpy(generator.state)
+
+    def load_own_variables(self, store):
+        """Loads what `save_own_variables` saved (a file saved without the
+        generators' states, by an earlier version, loads without them)."""
+        states = [key for key in store.keys() if key.startswith(_SEED_STATE)]
+        super().load_own_variables(
+            {key: store[key] for key in store.keys() if key not in states}
+        )
+        generators = seed_generators(self)
+        if len(states) == len(generators):
+            for i, generator in enumerate(generators):
+                generator.state.assign(np.asarray(store[f"{_SEED_STATE}{i}"]))
+
     def schedulable_variables(self):
         """The variables `keras_distill.callbacks` schedule, by kind and name.
 
@@ -253,14 +323,14 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
             ...}, "temperature": {"<loss name>": variable, ...}}`: each
             loss's weight in the total, and each temperature a loss has.
         """
-        weights = {"student": self.student_loss_weight}
+        names = self.distillation_loss_names
+        weights = {"student": self._student_weight.variable}
         weights.update(
-            (loss.name, weight)
-            for loss, weight in zip(self.distillation_losses, self.distillation_loss_weights)
+            (name, weight.variable) for name, weight in zip(names, self._loss_weights)
         )
         temperatures = {
-            loss.name: loss.schedulable_variables()["temperature"]
-            for loss in self.distillation_losses
+            name: loss.schedulable_variables()["temperature"]
+            for name, loss in zip(names, self.distillation_losses)
             if "temperature" in loss.schedulable_variables()
         }
         return {"loss_weight": weights, "temperature": temperatures}

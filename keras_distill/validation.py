@@ -8,17 +8,26 @@ import keras
 from keras_distill.losses.base import DistillationLoss
 
 #: What a distiller logs besides each distillation loss's value.
-LOGGED = ("loss", "student_loss", "distillation_loss", "teacher_agreement")
+LOGGED = (
+    "loss", "total_loss", "student_loss", "distillation_loss", "teacher_agreement"
+)
 
 
 def check_model(model, role):
-    """Raises unless `model` is a built `keras.Model`."""
+    """Raises unless `model` is a `keras.Model` (built or not).
+
+    A `ValueError`, as `keras.distillation` raises.
+    """
     if not isinstance(model, keras.Model):
-        raise TypeError(
+        raise ValueError(
             f"The {role} must be a keras.Model; received an object of type "
             f"{type(model).__name__}. Wrap layers in keras.Sequential or a "
             "Functional model."
         )
+
+
+def check_built(model, role):
+    """Raises unless `model` is built (its weights exist)."""
     if not model.built:
         raise ValueError(
             f"The {role} {model.name!r} is not built, so its weights do not "
@@ -30,7 +39,7 @@ def check_model(model, role):
 def check_weight(value, what):
     """Raises unless `value` is a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number; received {value!r}.")
+        raise ValueError(f"{what} must be a number; received {value!r}.")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0; received {value}.")
 
@@ -46,7 +55,7 @@ def check_augmentation(augmentation):
 
 def check_label_loss(loss, student_loss_weight, owner):
     """Raises unless a loss on the labels is given where it has weight."""
-    weight = float(student_loss_weight.numpy())
+    weight = float(student_loss_weight)
     if loss is None and weight > 0:
         raise ValueError(
             f"compile() got no `loss` on the labels, but {owner}'s "
@@ -58,7 +67,11 @@ def check_label_loss(loss, student_loss_weight, owner):
 
 
 def loss_list(distillation_losses):
-    """`distillation_losses` as a checked list of distinct, loggable losses."""
+    """`distillation_losses` as a checked list, and a distinct log name for each.
+
+    Losses of the same name (two `FeatureDistillation`s, say) are logged as
+    Keras names layers: `feature_distillation`, `feature_distillation_1`, ...
+    """
     if distillation_losses is None:
         raise ValueError(
             "distillation_losses is None; pass a distillation loss such as "
@@ -82,22 +95,32 @@ def loss_list(distillation_losses):
                 "'mse' goes inside FeatureDistillation(loss='mse'); the "
                 "student's own loss goes to compile(loss=...)."
             )
-    names = [loss.name for loss in losses]
-    taken = sorted(set(names) & set(LOGGED))
+    if len({id(loss) for loss in losses}) != len(losses):
+        raise ValueError(
+            "The same loss object appears more than once in "
+            "distillation_losses; pass one object per term (two "
+            "KD(temperature=...) objects for two temperatures)."
+        )
+    taken = sorted({loss.name for loss in losses} & set(LOGGED))
     if taken:
         raise ValueError(
             f"A distillation loss is named {taken[0]!r}, which the Distiller "
             f"logs already ({', '.join(LOGGED)}); give it another "
             "`name=`, e.g. KD(name='kd_logits')."
         )
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(
-            f"Several distillation losses are named {duplicates}; their values "
-            "are logged by name, so give each a distinct `name=`, e.g. "
-            "KD(name='kd_logits')."
-        )
-    return losses
+    return losses, _distinct_names([loss.name for loss in losses])
+
+
+def _distinct_names(names):
+    """`names`, each repeat given the first free suffix `_1`, `_2`, ..."""
+    distinct = []
+    for name in names:
+        unique, count = name, 0
+        while unique in distinct or (unique != name and unique in names):
+            count += 1
+            unique = f"{name}_{count}"
+        distinct.append(unique)
+    return distinct
 
 
 def loss_weights(weights, count, student_loss_weight):

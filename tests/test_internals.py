@@ -246,7 +246,7 @@ def test_logs_keep_their_order_in_list_results():
     logs = distiller.test_on_batch(x, y, return_dict=True)
     values = distiller.test_on_batch(x, y)
     order = ["loss", "accuracy", "student_loss", "kd", "dkd", "distillation_loss",
-             "teacher_agreement"]
+             "teacher_agreement", "total_loss"]
     np.testing.assert_allclose(values, [logs[k] for k in order], rtol=1e-6)
     # Keras's own order sorts a dict-returning metric's keys: the override
     # is what keeps them.
@@ -269,3 +269,49 @@ def test_distribution_scaling_is_the_identity_on_one_device():
     value = ops.convert_to_tensor(2.5)
     assert float(internals.scale_loss_for_distribution(value)) == 2.5
     assert float(internals.unscale_loss_for_distribution(value)) == 2.5
+
+
+def _variables_and_grads(seed):
+    rng = np.random.default_rng(seed)
+    variables = [keras.Variable(rng.normal(size=(3, 2)).astype("float32")),
+                 keras.Variable(rng.normal(size=(2,)).astype("float32"))]
+    grads = [[rng.normal(size=v.shape).astype("float32") for v in variables]
+             for _ in range(3)]
+    return variables, grads
+
+
+def _apply(optimizer, grads, variables):
+    """One step as Keras's trainers take it: JAX's is stateless."""
+    grads = [ops.convert_to_tensor(g) for g in grads]
+    if keras.backend.backend() != "jax":
+        optimizer.apply(grads, variables)
+        return
+    if not optimizer.built:
+        optimizer.build(variables)
+    new_values, new_state = optimizer.stateless_apply(
+        [v.value for v in optimizer.variables], grads, [v.value for v in variables]
+    )
+    for variable, value in zip(variables + optimizer.variables, list(new_values) + list(new_state)):
+        variable.assign(value)
+
+
+def test_skipping_optimizer_is_the_inner_one_on_finite_steps_and_idle_otherwise():
+    plain_vars, grads = _variables_and_grads(0)
+    skip_vars, _ = _variables_and_grads(0)
+    plain = keras.optimizers.Adam(0.1)
+    skipping = internals.skipping_non_finite_steps(keras.optimizers.Adam(0.1))
+    assert internals.skipping_non_finite_steps(skipping) is skipping
+    for step in grads:
+        _apply(plain, step, plain_vars)
+        _apply(skipping, step, skip_vars)
+    for a, b in zip(plain_vars, skip_vars):
+        np.testing.assert_array_equal(to_np(a), to_np(b))  # bit for bit
+    state = [to_np(v).copy() for v in skipping.variables]
+    weights = [to_np(v).copy() for v in skip_vars]
+    for poison in (np.nan, np.inf):
+        bad = [g.copy() for g in grads[0]]
+        bad[1][0] = poison
+        _apply(skipping, bad, skip_vars)
+        for before, v in zip(weights + state, skip_vars + skipping.variables):
+            np.testing.assert_array_equal(before, to_np(v))
+    assert int(to_np(skipping.iterations)) == 3

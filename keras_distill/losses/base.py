@@ -14,6 +14,7 @@ hyperparameters are keyword arguments. On each step it gets one
   `compute(context)`, and apply the weights and mask themselves.
 """
 
+import functools
 import inspect
 import math
 import os
@@ -27,6 +28,7 @@ from keras import ops
 
 from keras_distill import sources as sources_module
 from keras_distill._keras_internals import get_keras_mask
+from keras_distill.scalars import Scalar
 
 
 class LossContext(NamedTuple):
@@ -135,15 +137,15 @@ _DEPRECATED = {
 }
 
 
-def _warn_deprecated(message):
-    """A `DeprecationWarning` that points at the user's line."""
+def warn_at_user_line(message, category=UserWarning):
+    """A warning that points at the first line outside keras-distill."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     level = 1
     for frame in inspect.stack()[1:]:
         level += 1
         if not os.path.abspath(frame.filename).startswith(package):
             break
-    warnings.warn(message, DeprecationWarning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _deprecated_sources(owner, kwargs, teacher, student):
@@ -152,18 +154,20 @@ def _deprecated_sources(owner, kwargs, teacher, student):
     for old, role in _DEPRECATED.items():
         if old in kwargs:
             value = kwargs.pop(old)
-            _warn_deprecated(
+            warn_at_user_line(
                 f"{owner}({old}=...) is deprecated; pass {role}=... (the "
                 f"{'first' if role == 'teacher' else 'second'} argument of "
-                "every loss)."
+                "every loss).",
+                DeprecationWarning,
             )
             if value is not None:
                 given[role] = value
     if "output" in kwargs:
         key = kwargs.pop("output")
-        _warn_deprecated(
+        warn_at_user_line(
             f"{owner}(output={key!r}) is deprecated; pass teacher=Output("
-            f"{key!r}), student=Output({key!r}) (from keras_distill.sources)."
+            f"{key!r}), student=Output({key!r}) (from keras_distill.sources).",
+            DeprecationWarning,
         )
         if key is not None:
             for role in given:
@@ -238,18 +242,59 @@ class DistillationLoss(keras.layers.Layer):
         self._temperature = None
         self._build_shapes = None
         self.built = True
+        if hasattr(self, "_pending_temperature"):  # set before this __init__ ran
+            self._add_temperature(self._pending_temperature)
+            del self._pending_temperature
+
+    def __init_subclass__(cls, **kwargs):
+        """Lets a subclass's `__init__` skip `super().__init__()`.
+
+        A subclass written for `keras.distillation.DistillationLoss`, whose
+        base has no `__init__` to call, may not call it; its loss then
+        compares the models' outputs, under its class name.
+        """
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls.__init__, "completes_base_init", False):
+            cls.__init__ = _completing_base_init(cls.__init__)
 
     def _add_temperature(self, temperature):
         """Creates the non-trainable temperature variable callbacks schedule."""
         check_temperature(temperature, type(self).__name__)
-        self._temperature = self.add_weight(
-            name="temperature",
-            shape=(),
-            initializer=keras.initializers.Constant(float(temperature)),
-            trainable=False,
-            dtype="float32",
-        )
-        return self._temperature
+        self._temperature = Scalar(self, "temperature", temperature)
+
+    @property
+    def temperature(self):
+        """The softmax temperature, a float; settable.
+
+        Inside `compute`, read `temperature_variable` instead: a number is
+        a constant in a compiled step, and would not follow a schedule.
+        """
+        scalar = getattr(self, "_temperature", None)
+        if scalar is not None:
+            return scalar.number
+        if hasattr(self, "_pending_temperature"):
+            return self._pending_temperature
+        raise AttributeError(f"{type(self).__name__} has no temperature.")
+
+    @temperature.setter
+    def temperature(self, value):
+        scalar = getattr(self, "_temperature", None)
+        if scalar is not None:
+            check_temperature(value, type(self).__name__)
+            scalar.assign(value)
+        elif hasattr(self, "teacher_sources"):
+            self._add_temperature(value)
+        else:  # a subclass's __init__, before the base's: kept for it
+            check_temperature(value, type(self).__name__)
+            self._pending_temperature = value
+
+    @property
+    def temperature_variable(self):
+        """The variable that holds the temperature, for `compute` to read
+        (and `keras_distill.callbacks.TemperatureScheduler` to set)."""
+        if getattr(self, "_temperature", None) is None:
+            raise AttributeError(f"{type(self).__name__} has no temperature.")
+        return self._temperature.variable
 
     def schedulable_variables(self):
         """The variables callbacks may schedule, by name.
@@ -259,7 +304,9 @@ class DistillationLoss(keras.layers.Layer):
             (`keras_distill.callbacks.TemperatureScheduler` sets it), else
             `{}`.
         """
-        return {} if self._temperature is None else {"temperature": self._temperature}
+        if getattr(self, "_temperature", None) is None:
+            return {}
+        return {"temperature": self._temperature.variable}
 
     # -- What a Distiller asks of every loss ---------------------------------
 
@@ -423,6 +470,22 @@ class DistillationLoss(keras.layers.Layer):
         Called once by the `Distiller`. The default accepts any models.
         """
 
+    def check_values(self, teacher, student, labels=None):
+        """Checks, once before training, what this loss reads of real data.
+
+        Called by `fit`, `evaluate`, `train_on_batch` and `test_on_batch`
+        on the first samples of in-memory data (not of datasets), with
+        NumPy arrays: catches inputs that have the right shapes but the
+        wrong meaning (probabilities where logits are expected, labels out
+        of range). The default accepts anything.
+
+        Args:
+            teacher: one pair's teacher values (a structure of arrays for a
+                loss that reads several outputs at once).
+            student: the matching student values.
+            labels: the samples' labels as arrays, or `None`.
+        """
+
     def validate_outputs(self, teacher_outputs, student_outputs):
         """Checks that one pair of teacher and student tensors suits this loss.
 
@@ -450,6 +513,23 @@ def _sources_config(found):
         return keras.saving.serialize_keras_object(source)
 
     return one(found[0]) if len(found) == 1 else [one(s) for s in found]
+
+
+def _completing_base_init(init):
+    """`init`, followed by `DistillationLoss.__init__()` if it skipped it."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if not hasattr(self, "teacher_sources"):
+            # What the subclass set stays: the layer's tracking began with
+            # its first attribute, and this __init__ does not reset it.
+            DistillationLoss.__init__(self)
+
+    __init__.completes_base_init = True
+    # Keras reads the constructor's arguments (for `get_config`) from this.
+    __init__.__signature__ = inspect.signature(init)
+    return __init__
 
 
 _CONTEXT_KEYWORDS = ("labels", "sample_weight", "mask", "inputs", "training")

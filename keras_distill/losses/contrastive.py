@@ -79,6 +79,10 @@ class CRD(BatchLoss):
         Distillation", ICLR 2020.
     """
 
+    #: The InfoNCE temperature: a plain number, not a variable, so that a
+    #: `TemperatureScheduler` of the KD losses beside it leaves it alone.
+    temperature = None
+
     def __init__(
         self,
         teacher=None,

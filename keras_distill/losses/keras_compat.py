@@ -18,6 +18,7 @@ from keras_distill._keras_internals import set_untracked
 from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.response import check_class_counts
+from keras_distill.losses.response import check_scores
 from keras_distill.losses.response import kd
 from keras_distill.losses.response import soft_log_probabilities
 
@@ -31,6 +32,11 @@ def _per_sample(loss_fn, y_true, y_pred):
     if isinstance(loss_fn, keras.losses.Loss):
         return loss_fn.call(y_true, y_pred)
     return loss_fn(y_true, y_pred)
+
+
+def _structure(outputs):
+    """`outputs` with each tensor shown as its shape, for error messages."""
+    return keras.tree.map_structure(lambda x: f"<{tuple(x.shape)}>", outputs)
 
 
 def _is_kl_divergence(loss_fn):
@@ -88,9 +94,20 @@ class _StructuredLoss(DistillationLoss):
         return teacher, student
 
     def padding_mask(self, student, inputs):
-        return None  # each output's own, in `compute`
+        return None  # each output's own, in `compute`, unless one is given
 
     def validate_outputs(self, teacher_outputs, student_outputs):
+        try:
+            keras.tree.assert_same_structure(teacher_outputs, student_outputs)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"{type(self).__name__} compares the teacher's and the "
+                "student's tensors one to one, but their structures differ: "
+                f"the teacher's are {_structure(teacher_outputs)}, the "
+                f"student's {_structure(student_outputs)}. Make both models "
+                "return the same structure (the same dict keys, or lists of "
+                "the same length)."
+            ) from None
         for _, teacher, student in self._pairs(teacher_outputs, student_outputs):
             self.validate_pair(teacher, student)
 
@@ -98,9 +115,8 @@ class _StructuredLoss(DistillationLoss):
         total = 0.0
         for loss_fn, teacher, student in self._pairs(context.teacher, context.student):
             values = self._values(loss_fn, teacher, student)
-            total = total + weighted_mean(
-                values, context.sample_weight, get_keras_mask(student)
-            )
+            mask = get_keras_mask(student) if context.mask is None else context.mask
+            total = total + weighted_mean(values, context.sample_weight, mask)
         return total
 
     def get_config(self):
@@ -153,28 +169,33 @@ class LogitsDistillation(_StructuredLoss):
         super().__init__(
             loss, sources.AllOutputs(), sources.AllOutputs(), name=name, **kwargs
         )
-        self.temperature = self._add_temperature(temperature)
+        self._add_temperature(temperature)
 
     def validate_pair(self, teacher, student):
         check_class_counts(self, teacher, student)
 
+    def check_values(self, teacher, student, labels=None):
+        for _, t, s in self._pairs(teacher, student):
+            check_scores(self, t, "teacher")
+            check_scores(self, s, "student")
+
     def _values(self, loss_fn, teacher, student):
         if _is_kl_divergence(loss_fn):
-            return kd(teacher, student, self.temperature)
-        targets = ops.exp(soft_log_probabilities(teacher, self.temperature))
+            return kd(teacher, student, self.temperature_variable)
+        targets = ops.exp(soft_log_probabilities(teacher, self.temperature_variable))
         if getattr(loss_fn, "from_logits", False):
-            predictions = ops.cast(student, "float32") / self.temperature
+            predictions = ops.cast(student, "float32") / self.temperature_variable
         else:
             predictions = ops.exp(
-                soft_log_probabilities(student, self.temperature)
+                soft_log_probabilities(student, self.temperature_variable)
             )
         values = _per_sample(loss_fn, targets, predictions)
-        return values * ops.square(ops.cast(self.temperature, "float32"))
+        return values * ops.square(ops.cast(self.temperature_variable, "float32"))
 
     def get_config(self):
         return {
             **super().get_config(),
-            "temperature": float(self.temperature.numpy()),
+            "temperature": self.temperature,
         }
 
 

@@ -10,11 +10,13 @@ temperature grows (Hinton et al. 2015, section 2).
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_distill.losses.base import BatchLoss
 from keras_distill.losses.base import PerSampleLoss
 from keras_distill.losses.base import combined_weights
+from keras_distill.losses.base import warn_at_user_line
 from keras_distill.losses.base import weighted_mean
 
 DIVERGENCES = ("forward", "reverse", "js")
@@ -197,10 +199,10 @@ def _one_hot_targets(labels, num_classes, logits_rank):
 
 def _pearson(x, y, weights, axis):
     """Weighted Pearson correlation of `x` and `y` along `axis`."""
-    def centre(v):
-        return v - ops.sum(v * weights, axis=axis, keepdims=True) / ops.sum(
-            weights, axis=axis, keepdims=True
-        )
+    total = ops.maximum(ops.sum(weights, axis=axis, keepdims=True), 1e-30)
+
+    def centre(v):  # 0 / 0 spared where every weight is 0: the result is 0
+        return v - ops.sum(v * weights, axis=axis, keepdims=True) / total
 
     x, y = centre(x), centre(y)
     covariance = ops.sum(weights * x * y, axis=axis)
@@ -237,7 +239,8 @@ def dist(
     The loss is `T^2 (beta inter + gamma intra)`. The intra-class term is a
     property of the whole batch: `sample_weight` weighs each sample in the
     class-wise correlations (a zero weight removes it), and padded positions
-    (`mask` False) take no part in either term.
+    (`mask` False) take no part in either term; a batch whose weights are
+    all 0 (or whose positions are all masked) gives 0, with a zero gradient.
 
     Args:
         teacher_logits: teacher logits, shape `(B, ..., C)`.
@@ -266,14 +269,16 @@ def dist(
     weights = combined_weights(p[..., 0], sample_weight, mask)
     if weights is None:
         weights = ops.ones_like(p[..., 0])
-    intra = 1.0 - ops.mean(
+    # A batch without a sample of nonzero weight has no intra-class term.
+    any_sample = ops.cast(ops.any(ops.not_equal(weights, 0.0)), "float32")
+    intra = any_sample * (1.0 - ops.mean(
         _pearson(
             ops.reshape(q, (-1, num_classes)),
             ops.reshape(p, (-1, num_classes)),
             ops.reshape(weights, (-1, 1)),
             axis=0,
         )
-    )
+    ))
     return ops.square(t) * (beta * inter + gamma * intra)
 
 
@@ -285,12 +290,17 @@ def check_divergence(divergence):
 
 
 class _ComparesClassScores:
-    """Mixin of the losses on class scores: same class count on both sides."""
+    """Mixin of the losses on class scores: same class count on both sides,
+    and scores of the kind (logits or probabilities) the loss expects."""
 
     compares_predictions = True
 
     def validate_outputs(self, teacher_outputs, student_outputs):
         check_class_counts(self, teacher_outputs, student_outputs)
+
+    def check_values(self, teacher, student, labels=None):
+        for role, values in (("teacher", teacher), ("student", student)):
+            check_scores(self, values, role, getattr(self, f"{role}_from_logits", True))
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
@@ -345,7 +355,7 @@ class KD(_ComparesClassScores, PerSampleLoss):
     ):
         super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         check_divergence(divergence)
-        self.temperature = self._add_temperature(temperature)
+        self._add_temperature(temperature)
         self.divergence = divergence
         self.teacher_from_logits = teacher_from_logits
         self.student_from_logits = student_from_logits
@@ -354,7 +364,7 @@ class KD(_ComparesClassScores, PerSampleLoss):
         return kd(
             context.teacher,
             context.student,
-            self.temperature,
+            self.temperature_variable,
             self.divergence,
             self.teacher_from_logits,
             self.student_from_logits,
@@ -363,7 +373,7 @@ class KD(_ComparesClassScores, PerSampleLoss):
     def get_config(self):
         return {
             **super().get_config(),
-            "temperature": float(self.temperature.numpy()),
+            "temperature": self.temperature,
             "divergence": self.divergence,
             "teacher_from_logits": self.teacher_from_logits,
             "student_from_logits": self.student_from_logits,
@@ -405,22 +415,27 @@ class DKD(_ComparesClassScores, PerSampleLoss):
         input_mask=None, name=None, **kwargs
     ):
         super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
+        check_non_negative(self, alpha=alpha, beta=beta)
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.temperature = self._add_temperature(temperature)
+        self._add_temperature(temperature)
 
     def per_sample(self, context):
         return dkd(
             context.teacher, context.student, context.labels, self.alpha,
-            self.beta, self.temperature,
+            self.beta, self.temperature_variable,
         )
+
+    def check_values(self, teacher, student, labels=None):
+        super().check_values(teacher, student, labels)
+        check_labels(self, labels, teacher.shape[-1])
 
     def get_config(self):
         return {
             **super().get_config(),
             "alpha": self.alpha,
             "beta": self.beta,
-            "temperature": float(self.temperature.numpy()),
+            "temperature": self.temperature,
         }
 
 
@@ -452,9 +467,10 @@ class DIST(_ComparesClassScores, BatchLoss):
         input_mask=None, name=None, **kwargs
     ):
         super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
+        check_non_negative(self, beta=beta, gamma=gamma)
         self.beta = float(beta)
         self.gamma = float(gamma)
-        self.temperature = self._add_temperature(temperature)
+        self._add_temperature(temperature)
 
     def compute(self, context):
         return dist(
@@ -462,7 +478,7 @@ class DIST(_ComparesClassScores, BatchLoss):
             context.student,
             self.beta,
             self.gamma,
-            self.temperature,
+            self.temperature_variable,
             context.sample_weight,
             context.mask,
         )
@@ -472,8 +488,78 @@ class DIST(_ComparesClassScores, BatchLoss):
             **super().get_config(),
             "beta": self.beta,
             "gamma": self.gamma,
-            "temperature": float(self.temperature.numpy()),
+            "temperature": self.temperature,
         }
+
+
+def _looks_like_probabilities(values):
+    """Whether every row of `values` lies in [0, 1] and sums to 1."""
+    return bool(
+        values.size
+        and np.all((values >= 0) & (values <= 1))
+        and np.allclose(values.sum(axis=-1), 1.0, atol=1e-3)
+    )
+
+
+def check_scores(loss, values, role, from_logits=True):
+    """Warns or raises when class scores are not of the kind `loss` expects.
+
+    Args:
+        loss: the loss, for the messages.
+        values: the `role` model's scores on a few samples, a NumPy array
+            `(..., C)`.
+        role: `"teacher"` or `"student"`.
+        from_logits: whether `loss` reads them as logits.
+
+    Raises:
+        ValueError: when probabilities are expected and `values` are not.
+    """
+    values = np.asarray(values, "float64")
+    owner = type(loss).__name__
+    if from_logits and _looks_like_probabilities(values):
+        warn_at_user_line(
+            f"{owner}: the {role}'s outputs look like probabilities (every row "
+            "in [0, 1], summing to 1), but they are read as logits, and "
+            "softening probabilities as logits gives a near-uniform target. "
+            f"Pass {role}_from_logits=False to read them as probabilities "
+            "(KD takes it), or let the model end without a softmax."
+        )
+    if not from_logits and not _looks_like_probabilities(values):
+        finite = values[np.isfinite(values)]
+        raise ValueError(
+            f"{owner}({role}_from_logits=False) reads the {role}'s outputs as "
+            "probabilities, but they are not: they range over "
+            f"[{finite.min() if finite.size else np.nan:.3g}, "
+            f"{finite.max() if finite.size else np.nan:.3g}] and their rows do "
+            f"not all sum to 1. For logits, pass {role}_from_logits=True."
+        )
+
+
+def check_labels(loss, labels, num_classes):
+    """Raises when integer class labels fall outside `[0, num_classes)`."""
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    if labels.ndim and labels.shape[-1] == num_classes and labels.ndim > 1:
+        return  # one-hot (or soft) labels
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{type(loss).__name__} reads class labels in [0, {num_classes}), "
+            f"the models' {num_classes} classes, but the labels range over "
+            f"[{labels.min()}, {labels.max()}]. Map them to 0, 1, ..., "
+            f"{num_classes - 1} (e.g. with numpy.unique(y, "
+            "return_inverse=True))."
+        )
+
+
+def check_non_negative(loss, **weights):
+    """Raises unless every named weight of `loss` is a number >= 0."""
+    for name, value in weights.items():
+        if not value >= 0:
+            raise ValueError(
+                f"{type(loss).__name__}: `{name}` weighs a term of the loss and "
+                f"must be >= 0 (0 turns the term off); received {value}."
+            )
 
 
 def check_class_counts(loss, teacher, student):
