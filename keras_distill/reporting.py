@@ -7,6 +7,9 @@ import time
 
 import numpy as np
 
+from keras_distill.distiller import Distiller
+from keras_distill.training import DistillationModel
+
 CURVES = ("loss", "student_loss", "distillation_loss", "teacher_agreement")
 
 
@@ -33,8 +36,9 @@ def report(
 
     Args:
         models: a dict `{name: keras.Model}`, e.g. the teacher and the
-            students, in the order of the table. A `Distiller`'s student is
-            passed as itself (`distiller.student`).
+            students, in the order of the table. A `Distiller` given here
+            is measured by its student (`distiller.student`), which is
+            what it predicts with and what `export_student` saves.
         x: test inputs, an array (or dict of arrays) with samples first.
         y: integer class labels of `x`.
         histories: an optional dict `{name: keras.callbacks.History or
@@ -81,7 +85,7 @@ def report(
         for name, history in (histories or {}).items()
     }
     rows = [
-        _measure(name, model, x, y, batch_size, repeats)
+        _measure(name, _measured(name, model), x, y, batch_size, repeats)
         for name, model in models.items()
     ]
     if path is not None:
@@ -97,6 +101,19 @@ def _batch(x, size):
     if isinstance(x, dict):
         return {k: v[:size] for k, v in x.items()}
     return x[:size]
+
+
+def _measured(name, model):
+    """The model `report` measures for `model`: a Distiller's student."""
+    if isinstance(model, Distiller):
+        return model.student
+    if isinstance(model, DistillationModel):
+        raise TypeError(
+            f"report(): {name!r} is a {type(model).__name__}, which trains "
+            "several models at once; pass each of them, e.g. "
+            "{name: peer for name, peer in zip(model.peer_names, model.peers)}."
+        )
+    return model
 
 
 def _measure(name, model, x, y, batch_size, repeats):

@@ -65,14 +65,23 @@ def _l2_normalize(x):
     return x / ops.sqrt(ops.maximum(ops.sum(x * x, axis=-1, keepdims=True), _EPS))
 
 
-def pairwise_distances(x):
+def _centred(x, present):
+    """The rows of `x` less the mean of the rows that are `present`."""
+    count = ops.maximum(ops.sum(present), 1.0)
+    return x - ops.sum(x * present[:, None], axis=0, keepdims=True) / count
+
+
+def pairwise_distances(x, present=None):
     """Euclidean distances between the rows of `x` `(B, D)`, `(B, B)`.
 
-    Computed from the Gram matrix of the centred rows; squared distances
-    are floored at 1e-12 before the square root, so that gradients stay
-    finite where two rows coincide.
+    Computed from the Gram matrix of the rows, centred on the mean of the
+    `present` ones (1.0 or 0.0 per row; all by default), which changes
+    nothing but rounding; squared distances are floored at 1e-12 before the
+    square root, so that gradients stay finite where two rows coincide.
     """
-    x = x - ops.mean(x, axis=0, keepdims=True)
+    if present is None:
+        present = ops.ones((ops.shape(x)[0],), "float32")
+    x = _centred(x, present)
     gram = ops.matmul(x, ops.transpose(x))
     norms = ops.diagonal(gram)
     squared = norms[:, None] + norms[None, :] - 2.0 * gram
@@ -107,7 +116,7 @@ def rkd_distance(teacher, student, sample_weight=None):
     in_mean = pairs * present[:, None] * present[None, :]
 
     def normalised(x):
-        d = pairwise_distances(x)
+        d = pairwise_distances(x, present)
         mu = ops.sum(d * in_mean) / ops.maximum(ops.sum(in_mean), 1.0)
         return d / ops.maximum(mu, _EPS)
 
@@ -143,13 +152,15 @@ def rkd_angle(teacher, student, sample_weight=None):
     """
     t, s = _flat(teacher), _flat(student)
     w = _weights(t, sample_weight)
+    present = _present(w)
 
     def cosines(x):
-        # Dot products and lengths from the Gram matrix G of the centred
-        # rows, <x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj and
-        # |x_i - x_j|^2 = G_ii + G_jj - 2 G_ij, so that neither B^3 * D
-        # products nor the (B, B, D) differences are formed.
-        x = x - ops.mean(x, axis=0, keepdims=True)
+        # Dot products and lengths from the Gram matrix G of the rows
+        # centred on the samples present, <x_i - x_j, x_k - x_j> = G_ik -
+        # G_ij - G_jk + G_jj and |x_i - x_j|^2 = G_ii + G_jj - 2 G_ij, so
+        # that neither B^3 * D products nor the (B, B, D) differences are
+        # formed.
+        x = _centred(x, present)
         gram = ops.matmul(x, ops.transpose(x))
         norms = ops.diagonal(gram)
         scale = norms[:, None] + norms[None, :]

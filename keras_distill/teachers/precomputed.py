@@ -32,6 +32,8 @@ def precompute(teacher, x, batch_size=256, top_k=None, path=None):
         teacher.
     """
     n = len(keras.tree.flatten(x)[0])
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"precompute(top_k={top_k!r}): top_k must be an int >= 1, or None.")
     if path is not None:
         if os.path.exists(path):
             raise FileExistsError(
@@ -54,6 +56,12 @@ def precompute(teacher, x, batch_size=256, top_k=None, path=None):
     for start in range(0, n, batch_size):
         inputs = keras.tree.map_structure(lambda a: a[start : start + batch_size], x)
         logits = np.asarray(ops.convert_to_numpy(teacher(inputs)), "float32")
+        if top_k is not None and top_k > logits.shape[-1]:
+            raise ValueError(
+                f"precompute(top_k={top_k}): the teacher scores only "
+                f"{logits.shape[-1]} classes. Keep at most {logits.shape[-1]} "
+                "(or all of them, with top_k=None)."
+            )
         if top_k is None:
             store("logits", logits, start)
         else:
@@ -111,6 +119,12 @@ class Precomputed(Teacher):
         self.built = True
 
     def call(self, inputs, training=False):
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                "A Precomputed teacher reads its outputs from the data, a dict "
+                f"{{{self.inputs_key!r}: inputs, **precompute(teacher, inputs)}}; "
+                f"received a {type(inputs).__name__}."
+            )
         if "logits" in inputs:
             return ops.cast(inputs["logits"], "float32")
         if "top_logits" not in inputs or self.num_classes is None:
@@ -126,8 +140,11 @@ class Precomputed(Teacher):
         return ops.where(kept, ops.sum(classes * values, axis=1), -math.inf)
 
     def student_view(self, inputs):
-        """The student's inputs, under `inputs_key`."""
-        return inputs[self.inputs_key]
+        """The student's inputs, under `inputs_key`; inputs that are not
+        such a dict are the student's own (`distiller.predict(x_test)`)."""
+        if isinstance(inputs, dict) and self.inputs_key in inputs:
+            return inputs[self.inputs_key]
+        return inputs
 
     def check_data(self, x):
         """Raises a clear error when arrays `x` do not pair inputs and outputs.
@@ -160,6 +177,20 @@ class Precomputed(Teacher):
         def count(value):
             return len(keras.tree.flatten(value)[0])
 
+        if "top_classes" in x:
+            if self.num_classes is None:
+                raise ValueError(
+                    "The data hold top-k outputs of precompute(top_k=...), so "
+                    "the Precomputed teacher needs the number of classes to "
+                    "spread them over: Precomputed(num_classes=...)."
+                )
+            largest = int(np.max(x["top_classes"])) if len(x["top_classes"]) else -1
+            if largest >= self.num_classes:
+                raise ValueError(
+                    f"Precomputed(num_classes={self.num_classes}) is too small "
+                    f"for the precomputed outputs, which name class {largest}. "
+                    f"Pass the teacher's class count (at least {largest + 1})."
+                )
         counts = {key: count(x[key]) for key in [self.inputs_key, *outputs]}
         if len(set(counts.values())) > 1:
             raise ValueError(
