@@ -25,7 +25,7 @@ def test_getting_started_example_runs_and_saves_the_student(tmp_path, monkeypatc
     assert accuracy > 0.8  # digits: a trained 16-unit MLP reaches about 0.95
 
 
-@pytest.mark.parametrize("page", ["index.md", "concepts.md", "migrating.md"])
+@pytest.mark.parametrize("page", ["index.md", "concepts.md", "migrating.md", "resuming.md"])
 def test_pages_name_only_existing_api(page):
     """Every `keras_distill.x.y` a page names exists."""
     import keras_distill
