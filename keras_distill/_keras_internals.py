@@ -302,34 +302,57 @@ except ImportError:  # pragma: no cover - depends on the installed Keras
 
 # -- Steps that are not finite apply nothing -------------------------------
 #
-# Keras's `LossScaleOptimizer` already skips every step whose gradients are
-# not finite (without advancing the optimizer it wraps), on every backend and
-# under `tf.distribute`; it also halves its loss scale there. At a constant
-# scale of 1 its finite steps are the wrapped optimizer's exactly (the loss is
-# multiplied and the gradients divided by 1), so a subclass that keeps the
-# scale where it is, and never grows it, does nothing else.
+# Keras's `LossScaleOptimizer` skips every step whose gradients are not
+# finite, without advancing the optimizer it wraps, on every backend and
+# under `tf.distribute` (its `_tf_apply` merges the replicas' checks). A
+# subclass that never scales (its finite steps are the wrapped optimizer's
+# own `apply` and `stateless_apply`) keeps only that.
 from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package="keras_distill")
 class SkipsNonFiniteSteps(LossScaleOptimizer):
-    """Wraps an optimizer so that a step with a NaN or infinite gradient
+    """Wraps an optimizer so that a step whose gradients are not finite
     changes neither the weights nor the optimizer's state.
+
+    A step is skipped when the sum of its gradients is NaN or infinite: when
+    any gradient is, or when they are so large that their float32 sum
+    overflows. Every other step is the wrapped optimizer's, unchanged.
 
     Args:
         inner_optimizer: the optimizer that applies the finite steps.
     """
 
     def __init__(self, inner_optimizer, name=None, **kwargs):
-        kwargs.pop("initial_scale", None)
+        kwargs.pop("initial_scale", None)  # saved by the parent's config
         kwargs.pop("dynamic_growth_steps", None)
         super().__init__(
-            inner_optimizer, initial_scale=1.0, dynamic_growth_steps=2**31 - 1,
+            inner_optimizer, initial_scale=1.0,
             name=name or f"{inner_optimizer.name}_finite_steps", **kwargs,
         )
 
+    def scale_loss(self, loss):
+        return loss
+
+    def check_finite(self, grads):
+        # One reduction per gradient, where the parent takes two.
+        sums = [ops.cast(ops.sum(g), "float32") for g in grads if g is not None]
+        if not sums:
+            return ops.convert_to_tensor(True)
+        return ops.isfinite(ops.sum(ops.stack(sums)))
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+        self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+
     def _stateful_handle_non_finite_grads(self):
         pass
+
+    def _stateless_handle_finite_grads(self, optimizer_variables, grads, trainable_variables):
+        own = len(self._variables)  # the parent's scale and counter, unused
+        new_trainable, new_inner = self.inner_optimizer.stateless_apply(
+            optimizer_variables[own:], grads, trainable_variables
+        )
+        return new_trainable, list(optimizer_variables[:own]) + list(new_inner)
 
     def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
         return trainable_variables, optimizer_variables

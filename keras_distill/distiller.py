@@ -210,7 +210,7 @@ class Distiller(DistillationModel):
         for loss in self.distillation_losses:
             loss.validate_model_compatibility(self.teacher, self.student)
         self._prepare_losses()
-        self._ready = True
+        set_untracked(self, "_ready", True)
 
     def _prepare_losses(self):
         """Checks each loss on the models' symbolic passes, and builds it.
@@ -352,8 +352,7 @@ class Distiller(DistillationModel):
         ]
         distillation_loss = None
         for value, weight in zip(values, self._loss_weights):
-            weight = weight.variable
-            term = weight * value
+            term = weight.variable * value
             distillation_loss = term if distillation_loss is None else distillation_loss + term
 
         # Each loss is a batch mean, weighted by the batch size in the logs.
@@ -420,7 +419,7 @@ class Distiller(DistillationModel):
                     keras.tree.map_structure(ops.convert_to_numpy, s),
                     y,
                 )
-        self._values_checked = True
+        set_untracked(self, "_values_checked", True)
 
     def begin_epoch(self, epoch):
         """Lets a teacher that changes between epochs (`Snapshot`) update.
