@@ -317,7 +317,8 @@ class SkipsNonFiniteSteps(LossScaleOptimizer):
 
     A step is skipped when the sum of its gradients is NaN or infinite: when
     any gradient is, or when they are so large that their float32 sum
-    overflows. Every other step is the wrapped optimizer's, unchanged.
+    overflows; `skipped_steps` counts them. Every other step is the wrapped
+    optimizer's, unchanged.
 
     Args:
         inner_optimizer: the optimizer that applies the finite steps.
@@ -344,8 +345,14 @@ class SkipsNonFiniteSteps(LossScaleOptimizer):
     def _stateful_handle_finite_grads(self, grads, trainable_variables):
         self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
 
+    @property
+    def skipped_steps(self):
+        """How many steps were skipped, a variable (the parent's counter of
+        steps, which nothing else here uses)."""
+        return self.step_counter
+
     def _stateful_handle_non_finite_grads(self):
-        pass
+        self.step_counter.assign_add(1)
 
     def _stateless_handle_finite_grads(self, optimizer_variables, grads, trainable_variables):
         own = len(self._variables)  # the parent's scale and counter, unused
@@ -355,7 +362,10 @@ class SkipsNonFiniteSteps(LossScaleOptimizer):
         return new_trainable, list(optimizer_variables[:own]) + list(new_inner)
 
     def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
-        return trainable_variables, optimizer_variables
+        counter = [id(v) for v in self.variables].index(id(self.step_counter))
+        new = list(optimizer_variables)
+        new[counter] = new[counter] + 1
+        return trainable_variables, new
 
 
 def skipping_non_finite_steps(optimizer):

@@ -80,6 +80,7 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         ]
         self.step_means = StepMeans(["loss", *logged, "total_loss"], name="distiller_logs")
         self._epoch_begun = False
+        self._skipped_seen = 0  # skipped steps already reported
 
     @property
     def student_loss_weight(self):
@@ -158,7 +159,8 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
 
         A step whose gradients are NaN or infinite (a corrupt teacher, an
         overflow) applies no update and leaves the optimizer's state as it
-        was; `fit` then stops with an error naming the term at fault. To do
+        was; when a logged term is not finite either, `fit` then stops with
+        an error naming it. To do
         so the optimizer is wrapped, as Keras wraps it for mixed precision,
         in a `keras.optimizers.LossScaleOptimizer` (of constant scale 1, so
         its finite steps are the optimizer's own): `self.optimizer` is the
@@ -269,7 +271,8 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
 
         Raises:
             ValueError: when the total or one of the distiller's terms is
-                NaN or infinite.
+                NaN or infinite, or when the optimizer skipped a step whose
+                gradients were not finite since the last check.
         """
         names = {"loss", *self.step_means.names}
         bad = [
@@ -282,6 +285,18 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
                 f"The logged {', '.join(bad)} were NaN or infinite during "
                 f"{when}; training on them would turn the student's weights "
                 f"into NaN. {self.non_finite_hint(bad)}"
+            )
+        skipped = getattr(self.optimizer, "skipped_steps", None)
+        skipped = 0 if skipped is None else int(ops.convert_to_numpy(skipped))
+        if skipped > self._skipped_seen:
+            new, self._skipped_seen = skipped - self._skipped_seen, skipped
+            raise ValueError(
+                f"{new} training step(s) had NaN or infinite gradients during "
+                f"{when}, while every logged term was finite; they were "
+                "skipped, so the weights are as they were before them. A "
+                "term whose value is finite has a gradient that is not: a "
+                "square root, power or norm at exactly 0, say. Train on each "
+                "distillation loss alone to find it."
             )
 
     def non_finite_hint(self, names):

@@ -3,6 +3,7 @@
 import os
 
 import keras
+from keras import ops
 import numpy as np
 import pytest
 
@@ -363,7 +364,7 @@ def test_multi_output_models_distil_the_chosen_output():
     agreement = (t.argmax(-1) == s.argmax(-1)).mean()
     np.testing.assert_allclose(logs["teacher_agreement"], agreement, rtol=1e-6)
 
-    with pytest.raises(ValueError, match=r"say which to distil, e\.g\. "
+    with pytest.raises(ValueError, match=r"say which to distil .* e\.g\. "
                        r"teacher=keras_distill\.sources\.Output\("):
         keras_distill.Distiller(
             two_headed(16, "t"), two_headed(4, "s"), KD()
@@ -509,12 +510,35 @@ def test_export_student_writes_the_student_alone(tmp_path):
 
 
 def nan_teacher_distiller():
+    """A teacher whose weights are finite but whose logits overflow to
+    infinity (and so its KD targets to NaN)."""
     distiller = make_distiller()
     weights = distiller.teacher.get_weights()
-    weights[-1][:] = np.nan  # the output bias: no ReLU can hide it
+    weights[-2][:] = 3e38 * np.sign(weights[-2])  # the output kernel
     distiller.teacher.set_weights(weights)
     distiller.compile(loss=SCCE)
     return distiller
+
+
+@pytest.mark.parametrize("entry", ["fit", "evaluate", "train_on_batch"])
+def test_nan_teacher_weights_are_refused_before_any_step(entry):
+    x, y = classification_data(32)
+    distiller = make_distiller()
+    weights = distiller.teacher.get_weights()
+    # The first kernel, before a ReLU: on TensorFlow, ReLU maps NaN to 0 and
+    # the teacher's outputs are finite, constant and wrong.
+    weights[0][0, 0] = np.nan
+    distiller.teacher.set_weights(weights)
+    distiller.compile(loss=SCCE)
+    before = distiller.student.get_weights()
+    run = {
+        "fit": lambda: distiller.fit(x, y, verbose=0),
+        "evaluate": lambda: distiller.evaluate(x, y, verbose=0),
+        "train_on_batch": lambda: distiller.train_on_batch(x, y),
+    }[entry]
+    with pytest.raises(ValueError, match=r"teacher's weights \['.*kernel'\] hold NaN"):
+        run()
+    assert_same_weights(distiller.student.get_weights(), before)
 
 
 def assert_same_weights(actual, expected):
@@ -623,6 +647,24 @@ def test_keras_distillation_script_runs_after_changing_its_import():
 # -- Bad input ---------------------------------------------------------------
 
 
+def test_a_two_output_teacher_teaches_a_one_output_student():
+    x, y = classification_data(32)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    teacher = keras.Model(inputs, [keras.layers.Dense(3)(hidden), keras.layers.Dense(2)(hidden)])
+    student = mlp(4)
+    # What the first error suggests for this pair, works.
+    with pytest.raises(ValueError, match=r"teacher=keras_distill\.sources\.Output\(0\) when the teacher has several"):
+        keras_distill.Distiller(teacher, student, KD())
+    with pytest.raises(ValueError, match=r"a single tensor\. A model with one output needs no key.*KD\(teacher=Output\(0\)\)"):
+        keras_distill.Distiller(teacher, student, KD(teacher=Output(0), student=Output(0)))
+    distiller = keras_distill.Distiller(teacher, student, KD(teacher=Output(0), temperature=2.0))
+    distiller.compile(loss=SCCE)
+    logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+    t = to_np(teacher(x)[0]).astype("float64")
+    np.testing.assert_allclose(logs["kd"], np_kd(t, to_np(student(x)), 2.0).mean(), rtol=1e-4)
+
+
 def test_models_must_be_built_keras_models():
     with pytest.raises(ValueError, match="must be a keras.Model"):
         keras_distill.Distiller(keras.layers.Dense(3), mlp(4), KD())
@@ -718,3 +760,28 @@ def test_agreement_is_reported_only_with_a_loss_on_class_scores():
     logs = features_only.evaluate(x, y, verbose=0, return_dict=True)
     assert "teacher_agreement" not in logs
     assert "feature_distillation" in logs
+
+
+class FiniteValueNaNGradient(keras_distill.losses.PerSampleLoss):
+    """0 in value, NaN in gradient: sqrt at exactly 0 (of a square)."""
+
+    def per_sample(self, context):
+        gap = context.student[:, 0] - ops.stop_gradient(context.student[:, 0])
+        return ops.sqrt(ops.square(gap))
+
+
+@pytest.mark.parametrize("entry", ["fit", "train_on_batch"])
+def test_a_step_with_nan_gradients_and_finite_logs_is_skipped_and_named(entry):
+    x, y = classification_data(32)
+    distiller = keras_distill.Distiller(mlp(16), mlp(4), [KD(), FiniteValueNaNGradient()])
+    distiller.compile(loss=SCCE)
+    before = distiller.student.get_weights()
+    run = {
+        "fit": lambda: distiller.fit(x, y, batch_size=16, verbose=0),
+        "train_on_batch": lambda: distiller.train_on_batch(x, y),
+    }[entry]
+    with pytest.raises(ValueError, match=r"training step\(s\) had NaN or infinite gradients"):
+        run()
+    assert_same_weights(distiller.student.get_weights(), before)
+    assert int(to_np(distiller.optimizer.skipped_steps)) >= 1
+    assert int(to_np(distiller.optimizer.iterations)) == 0

@@ -306,12 +306,15 @@ def test_skipping_optimizer_is_the_inner_one_on_finite_steps_and_idle_otherwise(
         _apply(skipping, step, skip_vars)
     for a, b in zip(plain_vars, skip_vars):
         np.testing.assert_array_equal(to_np(a), to_np(b))  # bit for bit
-    state = [to_np(v).copy() for v in skipping.variables]
+    assert int(to_np(skipping.skipped_steps)) == 0
+    kept = [v for v in skipping.variables if v is not skipping.skipped_steps]
+    state = [to_np(v).copy() for v in kept]
     weights = [to_np(v).copy() for v in skip_vars]
-    for poison in (np.nan, np.inf):
+    for count, poison in enumerate((np.nan, np.inf), 1):
         bad = [g.copy() for g in grads[0]]
         bad[1][0] = poison
         _apply(skipping, bad, skip_vars)
-        for before, v in zip(weights + state, skip_vars + skipping.variables):
+        for before, v in zip(weights + state, skip_vars + kept):
             np.testing.assert_array_equal(before, to_np(v))
+        assert int(to_np(skipping.skipped_steps)) == count
     assert int(to_np(skipping.iterations)) == 3
