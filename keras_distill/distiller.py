@@ -180,6 +180,7 @@ class Distiller(DistillationModel):
         set_untracked(self, "_steps", threading.local())
         set_untracked(self, "_ready", False)
         set_untracked(self, "_values_checked", False)
+        set_untracked(self, "_teacher_checked", False)
         if teacher.built and student.built:
             self._get_ready()
         self.built = True
@@ -393,11 +394,14 @@ class Distiller(DistillationModel):
     def check_data(self, x, y=None):
         """Checks in-memory data before it trains or evaluates anything.
 
-        A teacher that reads the data (`Precomputed`) checks it; then, once,
-        each loss checks what it reads of the first samples
+        Once, the teacher's weights are checked for NaN and infinite
+        values (any data). A teacher that reads the data (`Precomputed`)
+        checks it; then, once, each loss checks what it reads of the first samples
         (`DistillationLoss.check_values`: probabilities where logits are
         expected, labels out of range, ...).
         """
+        if not self._teacher_checked and self.teacher.built:
+            self._check_teacher_weights()
         if not in_memory(x):
             return
         self._teacher_hooks.check_data(x)
@@ -420,6 +424,27 @@ class Distiller(DistillationModel):
                     y,
                 )
         set_untracked(self, "_values_checked", True)
+
+    def _check_teacher_weights(self):
+        """Raises when a weight of the teacher is NaN or infinite.
+
+        Checked once, on the weights themselves: a corrupt weight need not
+        show in the outputs (TensorFlow's ReLU maps NaN to 0, so a NaN
+        kernel before it gives a finite, constant teacher).
+        """
+        bad = [
+            w.path for w in self.teacher.weights
+            if "float" in str(w.dtype)
+            and not bool(ops.convert_to_numpy(ops.all(ops.isfinite(w))))
+        ]
+        if bad:
+            raise ValueError(
+                f"The teacher's weights {bad[:5]}{' ...' if len(bad) > 5 else ''} "
+                "hold NaN or infinite values, so its outputs cannot be trusted "
+                "even where they are finite. Load the teacher again from its "
+                "file, or check the run that trained it."
+            )
+        set_untracked(self, "_teacher_checked", True)
 
     def begin_epoch(self, epoch):
         """Lets a teacher that changes between epochs (`Snapshot`) update.

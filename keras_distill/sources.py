@@ -246,10 +246,12 @@ def select_output(outputs, key):
             return flat[0]
         names = list(outputs) if isinstance(outputs, dict) else list(range(len(flat)))
         raise ValueError(
-            f"The models have {len(flat)} outputs ({names}); say which to "
-            "distil, e.g. teacher=keras_distill.sources.Output("
-            f"{names[0]!r}), student=keras_distill.sources.Output("
-            f"{names[0]!r})."
+            f"A model has {len(flat)} outputs ({names}); say which to distil "
+            "with an Output source for that model, e.g. teacher=keras_distill"
+            f".sources.Output({names[0]!r}) when the teacher has several and "
+            "the student one (a model with one output needs no key), or "
+            f"teacher=Output({names[0]!r}), student=Output({names[0]!r}) when "
+            "both have several."
         )
     try:
         if not isinstance(outputs, (dict, list, tuple)):
@@ -263,7 +265,13 @@ def select_output(outputs, key):
             if isinstance(outputs, (list, tuple))
             else "a single tensor"
         )
+        hint = (
+            " A model with one output needs no key: leave its source None "
+            "(e.g. KD(teacher=Output(0)) for a two-output teacher and a "
+            "one-output student)."
+            if available == "a single tensor" else ""
+        )
         raise ValueError(
             f"Output({key!r}) names no output of the model; available: "
-            f"{available}."
+            f"{available}.{hint}"
         ) from None

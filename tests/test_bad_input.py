@@ -166,3 +166,26 @@ def test_loading_without_importing_keras_distill_names_the_package(tmp_path):
     assert "'module': 'keras_distill.distiller'" in message  # what to import
     loaded = keras.saving.load_model(path)  # here, keras_distill is imported
     assert isinstance(loaded, keras_distill.Distiller)
+
+
+def test_precomputed_classes_out_of_range_make_nan_on_every_backend():
+    teacher = Precomputed(num_classes=3)
+    logits = to_np(teacher({
+        "top_logits": np.array([[2.0, 1.0], [2.0, 1.0]], "float32"),
+        "top_classes": np.array([[0, 1], [0, 3]], "int32"),
+    }))
+    np.testing.assert_array_equal(logits[0], [2.0, 1.0, -np.inf])
+    assert np.all(np.isnan(logits[1]))
+    # From a dataset, which check_data does not read: training stops.
+    x, y = classification_data(16)
+    outputs = precompute(mlp(16), x, top_k=2)
+    outputs["top_classes"][3, 1] = 5
+    distiller = keras_distill.Distiller(Precomputed(num_classes=3), mlp(4), KD())
+    distiller.compile(loss=SCCE)
+
+    def batches():
+        while True:
+            yield {"inputs": x, **outputs}, y
+
+    with pytest.raises(ValueError, match="were NaN or infinite during the first batch"):
+        distiller.fit(batches(), steps_per_epoch=1, shuffle=False, verbose=0)

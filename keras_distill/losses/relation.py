@@ -287,7 +287,14 @@ def correlation_congruence(
         scaled = 2.0 * gamma * ops.matmul(x, ops.transpose(x))
         if order is None:
             return ops.exp(scaled - 2.0 * gamma)
-        series = sum(ops.power(scaled, p) / math.factorial(p) for p in range(order + 1))
+        # Each term from the one before (x^p / p! = x^(p-1) / (p-1)! * x / p):
+        # no power, whose TensorFlow gradient at x = 0 is 0 * x^-1 = NaN for
+        # p = 0, and post-ReLU features give exact zeros.
+        term = ops.ones_like(scaled)
+        series = term
+        for p in range(1, order + 1):
+            term = term * scaled / p
+            series = series + term
         return math.exp(-2.0 * gamma) * series
 
     difference = correlations(s) - correlations(t)

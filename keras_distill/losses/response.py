@@ -20,7 +20,6 @@ from keras_distill.losses.base import warn_at_user_line
 from keras_distill.losses.base import weighted_mean
 
 DIVERGENCES = ("forward", "reverse", "js")
-_EXCLUDED_LOGIT = -1e9
 # The smallest normal float32: a student's probabilities are floored here
 # before the logarithm, so that its gradient stays finite.
 _TINY = 1.1754944e-38
@@ -165,19 +164,19 @@ def dkd(
     log_p_t = soft_log_probabilities(teacher_logits, t)
     log_p_s = soft_log_probabilities(student_logits, t)
 
+    # The target class is left out at -inf, not at a large negative number,
+    # which logits of that size would reach: exp(-inf) is exactly 0.
     def binary(log_p):
-        log_target = ops.sum(log_p * target, axis=-1)
-        log_other = ops.logsumexp(
-            ops.where(target > 0, _EXCLUDED_LOGIT, log_p), axis=-1
-        )
+        log_target = ops.sum(ops.where(target > 0, log_p, 0.0), axis=-1)
+        log_other = ops.logsumexp(ops.where(target > 0, -math.inf, log_p), axis=-1)
         return ops.stack([log_target, log_other], axis=-1)
 
     tckd = _kl(binary(log_p_t), binary(log_p_s))
     # Dropping the target logit and renormalising gives the non-target
     # distribution; the log-probabilities computed above share that shift.
     nckd = _kl(
-        ops.log_softmax(ops.where(target > 0, _EXCLUDED_LOGIT, log_p_t), -1),
-        ops.log_softmax(ops.where(target > 0, _EXCLUDED_LOGIT, log_p_s), -1),
+        ops.log_softmax(ops.where(target > 0, -math.inf, log_p_t), -1),
+        ops.log_softmax(ops.where(target > 0, -math.inf, log_p_s), -1),
     )
     return ops.square(t) * (alpha * tckd + beta * nckd)
 

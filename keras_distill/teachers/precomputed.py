@@ -134,10 +134,17 @@ class Precomputed(Teacher):
                 f"received keys {list(inputs)} and num_classes="
                 f"{self.num_classes}."
             )
-        classes = ops.one_hot(inputs["top_classes"], self.num_classes)  # (B, k, C)
+        indices = ops.cast(inputs["top_classes"], "int32")
+        # A class outside [0, num_classes) makes its sample's logits NaN, on
+        # every backend (one_hot would drop it on some and fail on others),
+        # so that training stops with an error naming the distillation terms.
+        valid = ops.all((indices >= 0) & (indices < self.num_classes), axis=-1)
+        indices = ops.clip(indices, 0, self.num_classes - 1)
+        classes = ops.one_hot(indices, self.num_classes)  # (B, k, C)
         values = ops.cast(inputs["top_logits"], "float32")[..., None]
         kept = ops.sum(classes, axis=1) > 0
-        return ops.where(kept, ops.sum(classes * values, axis=1), -math.inf)
+        logits = ops.where(kept, ops.sum(classes * values, axis=1), -math.inf)
+        return ops.where(valid[..., None], logits, math.nan)
 
     def student_view(self, inputs):
         """The student's inputs, under `inputs_key`; inputs that are not

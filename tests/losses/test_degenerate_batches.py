@@ -127,3 +127,16 @@ def test_dist_without_a_sample_of_nonzero_weight_in_a_class_stays_finite():
     assert np.isfinite(float(to_np(value(loss, TEACHER, STUDENT, weights))))
     gradient = grad_wrt(lambda s: value(loss, TEACHER, s, weights), STUDENT)
     assert np.all(np.isfinite(gradient))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exact_zeros_in_the_features_give_a_finite_gradient(name):
+    # Post-ReLU features: about half the entries exactly 0, and a row (and
+    # so Gram entries and norms) that is all 0.
+    loss, (teacher, student) = make(name)
+    teacher, student = np.maximum(teacher, 0.0), np.maximum(student, 0.0)
+    teacher.reshape(len(teacher), -1)[0] = 0.0
+    student.reshape(len(student), -1)[1] = 0.0
+    assert np.isfinite(float(to_np(value(loss, teacher, student))))
+    gradient = grad_wrt(lambda s: value(loss, teacher, s), student)
+    assert np.all(np.isfinite(gradient)), name

@@ -777,3 +777,43 @@ def test_scheduled_temperature_survives_serialization():
     )
     assert restored.get_config()["temperature"] == 2.0
     assert_close(restored.compute_loss(t, s), ref_kd(t, s, 2.0).mean())
+
+
+def np_log_softmax64(x):
+    x = np.asarray(x, np.float64)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def ref_dkd_log_space(teacher, student, labels, alpha, beta, temperature):
+    """DKD in float64 log-probabilities: exact where probabilities underflow."""
+    def kl(log_p, log_q):
+        p = np.exp(log_p)
+        return np.where(p == 0, 0.0, p * (log_p - log_q)).sum(-1)
+
+    def parts(x):
+        log_p = np_log_softmax64(np.asarray(x, np.float64) / temperature)
+        target = np.take_along_axis(log_p, labels[:, None], -1)[:, 0]
+        rest = np.where(np.eye(log_p.shape[-1])[labels] > 0, -np.inf, log_p)
+        top = rest.max(-1, keepdims=True)
+        log_other = top[:, 0] + np.log(np.exp(rest - top).sum(-1))
+        return np.stack([target, log_other], -1), np_log_softmax64(rest)
+
+    (bt, rt), (bs, rs) = parts(teacher), parts(student)
+    return temperature**2 * (alpha * kl(bt, bs) + beta * kl(rt, rs))
+
+
+def test_dkd_at_huge_logits_matches_a_float64_reference():
+    rng = np.random.default_rng(4)
+    teacher = (rng.normal(size=(16, 5)) * 3e10).astype("float32")
+    student = (rng.normal(size=(16, 5)) * 3e10).astype("float32")
+    labels = rng.integers(0, 5, size=16)
+    expected = ref_dkd_log_space(teacher, student, labels, 1.0, 8.0, 4.0)
+    value = to_np(dkd(teacher, student, labels, 1.0, 8.0, 4.0))
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+    # At ordinary logits both references agree.
+    small_t, small_s = logits((16, 5), 1), logits((16, 5), 2)
+    np.testing.assert_allclose(
+        ref_dkd_log_space(small_t, small_s, labels, 1.0, 8.0, 4.0),
+        ref_dkd(small_t, small_s, labels), rtol=1e-9,
+    )
