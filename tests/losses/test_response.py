@@ -789,7 +789,8 @@ def ref_dkd_log_space(teacher, student, labels, alpha, beta, temperature):
     """DKD in float64 log-probabilities: exact where probabilities underflow."""
     def kl(log_p, log_q):
         p = np.exp(log_p)
-        return np.where(p == 0, 0.0, p * (log_p - log_q)).sum(-1)
+        with np.errstate(invalid="ignore"):  # -inf - -inf where p is 0
+            return np.where(p == 0, 0.0, p * (log_p - log_q)).sum(-1)
 
     def parts(x):
         log_p = np_log_softmax64(np.asarray(x, np.float64) / temperature)
