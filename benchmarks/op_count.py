@@ -14,8 +14,11 @@ student, batch 128), after three warm-up steps, for:
 - `ours_kd`: `keras_distill.Distiller` with `KD`, every log and check on.
 
 It prints one JSON object: the counts, `ours_kd` and `keras_logits` over
-`minimal_kd`, and whether `ours_kd` is within the target (at most 1.10
-times the minimal step), with the operations of `ours_kd` by kind.
+`minimal_kd`, and whether `ours_kd` is within the target (at most 1.20
+times the minimal step), with the operations of `ours_kd` by kind. The
+target was 1.10 (met at 1.08) until the step began to skip updates whose
+gradients are not finite, which the minimal step does not: one reduction
+per gradient, the test and the count of skipped steps, 15 operations.
 
 Run: `KERAS_BACKEND=torch python benchmarks/op_count.py` (`--batch-size`,
 128 by default: the first MNIST training images).
@@ -36,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import speed  # noqa: E402
 
 VARIANTS = ("plain", "plain_with_teacher", "minimal_kd", "keras_logits", "ours_kd")
-TARGET = 1.10  # ours_kd over minimal_kd, at most
+TARGET = 1.20  # ours_kd over minimal_kd, at most (see the docstring)
 
 
 def count_step(model, x, y):
