@@ -60,6 +60,18 @@ def mlp(width, num_classes=3, input_dim=8, name=None, dropout=0.0):
     return keras.Sequential(layers, name=name)
 
 
+class SubclassedClassifier(keras.Model):
+    """A subclassed classifier: no symbolic inputs, built when first called."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(width, activation="relu")
+        self.logits = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.logits(self.hidden(x))
+
+
 def classification_data(n=64, input_dim=8, num_classes=3, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, input_dim)).astype("float32")

@@ -12,6 +12,7 @@ from keras_distill.losses import DKD
 from keras_distill.losses import KD
 from keras_distill.losses import FitNet
 from keras_distill.sources import Output
+from tests.conftest import SubclassedClassifier
 from tests.conftest import classification_data
 from tests.conftest import mlp
 from tests.reference import np_softmax
@@ -411,16 +412,6 @@ def test_bfloat16_teacher_teaches_a_float32_student():
     t = bf16_teacher.predict(x, verbose=0).astype("float64")
     s = distiller.student.predict(x, verbose=0).astype("float64")
     np.testing.assert_allclose(logs["kd"], np_kd(t, s, 2.0).mean(), rtol=1e-3)
-
-
-class SubclassedClassifier(keras.Model):
-    def __init__(self, width, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(width, activation="relu")
-        self.logits = keras.layers.Dense(3)
-
-    def call(self, x):
-        return self.logits(self.hidden(x))
 
 
 def test_subclassed_teacher_and_student():

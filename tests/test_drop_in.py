@@ -15,6 +15,7 @@ from keras_distill import LogitsDistillation
 from keras_distill.callbacks import LossWeightScheduler
 from keras_distill.losses import KD
 from keras_distill.losses import FitNet
+from tests.conftest import SubclassedClassifier
 from tests.conftest import classification_data
 from tests.conftest import mlp
 from tests.reference import layer_output
@@ -31,16 +32,6 @@ def unbuilt_mlp(width, name):
          keras.layers.Dense(3, name="logits")],
         name=name,
     )
-
-
-class Subclassed(keras.Model):
-    def __init__(self, width, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(width, activation="relu")
-        self.logits = keras.layers.Dense(3)
-
-    def call(self, x):
-        return self.logits(self.hidden(x))
 
 
 def test_fit_builds_unbuilt_models_and_the_losses_they_size():
@@ -72,7 +63,7 @@ def test_fit_builds_unbuilt_models_and_the_losses_they_size():
 @pytest.mark.parametrize("first_use", ["call", "predict", "evaluate", "train_on_batch"])
 def test_every_entry_point_builds_unbuilt_models(first_use):
     x, y = classification_data(32)
-    teacher, student = Subclassed(16), Subclassed(4)
+    teacher, student = SubclassedClassifier(16), SubclassedClassifier(4)
     distiller = keras_distill.Distiller(teacher, student, KD(temperature=2.0))
     distiller.compile(loss=SCCE)
     {

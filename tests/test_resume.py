@@ -13,7 +13,9 @@ import pytest
 
 import keras_distill
 from keras_distill.losses import KD
+from keras_distill._keras_internals import seed_generators
 from tests.conftest import classification_data
+from tests.reference import to_np
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -60,8 +62,17 @@ def test_a_file_saved_without_generator_states_still_loads(tmp_path):
     store = {}
     distiller.save_own_variables(store)
     assert sorted(store) == ["0", "1", "seed_generator_state_0"]  # the student's Dropout
-    old = {key: store[key] for key in ("0", "1")}  # as an earlier version saved
-    distiller.load_own_variables(old)
+    # As an earlier version saved: the loss weights alone. They load; the
+    # generator's state is left as it is.
+    (generator,) = seed_generators(distiller)
+    generator.state.assign(generator.state + 1)  # differs from the store's
+    state = to_np(generator.state).copy()
+    distiller.load_own_variables({"0": np.float32(0.25), "1": np.float32(0.75)})
+    assert distiller.student_loss_weight == 0.25
+    assert distiller.distillation_loss_weights == [0.75]
+    np.testing.assert_array_equal(to_np(generator.state), state)
+    distiller.load_own_variables(store)  # a new file restores it
+    np.testing.assert_array_equal(to_np(generator.state), store["seed_generator_state_0"])
 
 
 SCRIPT = textwrap.dedent("""
