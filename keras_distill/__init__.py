@@ -6,6 +6,7 @@ from keras_distill import sources
 from keras_distill import teachers
 from keras_distill.born_again import born_again
 from keras_distill.distiller import Distiller
+from keras_distill.labels import UNLABELLED
 from keras_distill.losses import DistillationLoss
 from keras_distill.losses import FeatureDistillation
 from keras_distill.losses import LogitsDistillation
@@ -20,6 +21,7 @@ __all__ = [
     "FeatureDistillation",
     "LogitsDistillation",
     "MutualLearning",
+    "UNLABELLED",
     "born_again",
     "callbacks",
     "losses",

@@ -211,6 +211,14 @@ def compiled_loss(model):
     return model._compile_loss
 
 
+def retrace_steps(model):
+    """Makes `model`'s next `fit`, `evaluate` or `predict` trace its steps
+    again (Keras keeps each compiled step until `compile` runs again)."""
+    model.train_function = None
+    model.test_function = None
+    model.predict_function = None
+
+
 def flatten_logs(model, logs):
     """`logs` as the list (or single value) Keras's `evaluate` and
     `train_on_batch` return without `return_dict`."""

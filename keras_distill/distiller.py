@@ -447,7 +447,8 @@ class Distiller(DistillationModel):
         set_untracked(self, "_teacher_checked", True)
 
     def begin_epoch(self, epoch):
-        """Lets a teacher that changes between epochs (`Snapshot`) update.
+        """Lets a teacher (`Snapshot`) or a loss (`CTKD`) that changes
+        between epochs update.
 
         `fit` calls it before each epoch; a loop of `train_on_batch` calls
         it at the start of each of its epochs.
@@ -459,7 +460,7 @@ class Distiller(DistillationModel):
         self._teacher_hooks.update_epoch(epoch, self.student)
 
     def updates_per_epoch(self):
-        return self._teacher_hooks.updates_per_epoch()
+        return self._teacher_hooks.updates_per_epoch() or super().updates_per_epoch()
 
     def non_finite_hint(self, names):
         if any(name.removeprefix("val_") == "student_loss" for name in names):

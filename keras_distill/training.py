@@ -7,6 +7,7 @@ replicas of `tf.distribute`, and the checks and hooks that run alike in
 `fit`, `evaluate`, `train_on_batch` and `test_on_batch`.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -19,14 +20,19 @@ from keras_distill._keras_internals import NeverRematerialized
 from keras_distill._keras_internals import compiled_loss
 from keras_distill._keras_internals import flatten_logs
 from keras_distill._keras_internals import log_total_with_terms
+from keras_distill._keras_internals import retrace_steps
 from keras_distill._keras_internals import scale_loss_for_distribution
 from keras_distill._keras_internals import seed_generators
+from keras_distill._keras_internals import set_untracked
 from keras_distill._keras_internals import skipping_non_finite_steps
 from keras_distill._keras_internals import unscale_loss_for_distribution
+from keras_distill.labels import holds_unlabelled
+from keras_distill.labels import labelled_only
 from keras_distill.scalars import Scalar
 from keras_distill.step_means import StepMeans
 from keras_distill.validation import check_label_loss
 from keras_distill.validation import check_weight
+from keras_distill.validation import in_memory
 from keras_distill.validation import loss_weights
 
 
@@ -81,6 +87,8 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         self.step_means = StepMeans(["loss", *logged, "total_loss"], name="distiller_logs")
         self._epoch_begun = False
         self._skipped_seen = 0  # skipped steps already reported
+        # Whether a batch may hold `UNLABELLED` samples (see `note_labels`).
+        set_untracked(self, "_unlabelled_possible", False)
 
     @property
     def student_loss_weight(self):
@@ -107,15 +115,26 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
     # -- The step's pieces ---------------------------------------------------
 
     def label_loss(self, y, y_pred, sample_weight):
-        """The compiled loss on the labels, a float32 batch mean (0 without)."""
+        """The compiled loss on the labels, a float32 mean over the labelled
+        samples (0 without labels; see `keras_distill.labels`)."""
         loss_fn = compiled_loss(self)
         if loss_fn is None or y is None:
             return ops.zeros((), "float32")
         # Keras scales a replica's compiled loss for `tf.distribute`; each
         # term is a plain batch mean here, and the total is scaled once.
-        return unscale_loss_for_distribution(
-            ops.cast(loss_fn(y, y_pred, sample_weight), "float32")
-        )
+        with self._labelled_only(y, y_pred) as y:
+            loss = loss_fn(y, y_pred, sample_weight)
+        return unscale_loss_for_distribution(ops.cast(loss, "float32"))
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """The compiled metrics, over the labelled samples only."""
+        with self._labelled_only(y, y_pred) as y:
+            return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def _labelled_only(self, y, y_pred):
+        if self._unlabelled_possible:
+            return labelled_only(y, y_pred)
+        return contextlib.nullcontext(y)
 
     def regularization(self):
         """The sum of the losses the models' forward passes added so far."""
@@ -193,12 +212,19 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         names it.
         """
         self.check_data(x, y)
+        self.note_labels(x, y)
+        validation = kwargs.get("validation_data")
+        if isinstance(validation, (tuple, list)):
+            self.note_labels(*validation[:2])
+        elif validation is not None:
+            self.note_labels(validation, None)
         callbacks = [*(callbacks or []), _EveryEpoch()]
         return super().fit(x, y, batch_size, epochs, verbose, callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, return_dict=False, **kwargs):
         """`keras.Model.evaluate`, with the data and finiteness checks of `fit`."""
         self.check_data(x, y)
+        self.note_labels(x, y)
         logs = super().evaluate(x, y, *args, return_dict=True, **kwargs)
         self.check_finite(logs, "evaluate")
         return logs if return_dict else flatten_logs(self, logs)
@@ -212,10 +238,11 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
         (`keras_distill.teachers.Snapshot`); it warns once otherwise.
         """
         self.check_data(x, y)
+        self.note_labels(x, y)
         if not self._epoch_begun and self.updates_per_epoch():
             warnings.warn(
-                f"{type(self).__name__}.train_on_batch: the teacher updates at "
-                "the start of each epoch, and no epoch has begun; call "
+                f"{type(self).__name__}.train_on_batch: the teacher or a loss "
+                "updates at the start of each epoch, and no epoch has begun; call "
                 "begin_epoch(epoch) at the start of each epoch of the loop.",
                 stacklevel=2,
             )
@@ -230,6 +257,7 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """`keras.Model.test_on_batch`, with the checks of `evaluate`."""
         self.check_data(x, y)
+        self.note_labels(x, y)
         logs = super().test_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
         self.check_finite(logs, "test_on_batch")
         return logs if return_dict else flatten_logs(self, logs)
@@ -237,7 +265,8 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
     # -- Hooks and checks ------------------------------------------------------
 
     def begin_epoch(self, epoch):
-        """Runs what changes between epochs (a `Snapshot` teacher's copy).
+        """Runs what changes between epochs (a `Snapshot` teacher's copy,
+        a loss's curriculum).
 
         `fit` calls it before each epoch; a custom loop calls it itself.
 
@@ -245,10 +274,12 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
             epoch: the epoch about to start, counted from 0.
         """
         self._epoch_begun = True
+        for loss in self.distillation_losses:
+            loss.begin_epoch(epoch)
 
     def updates_per_epoch(self):
-        """Whether `begin_epoch` changes anything. The default: no."""
-        return False
+        """Whether `begin_epoch` changes anything: whether a loss does."""
+        return any(loss.updates_per_epoch() for loss in self.distillation_losses)
 
     def check_data(self, x, y=None):
         """Raises a clear error for in-memory data that cannot be distilled.
@@ -259,6 +290,28 @@ class DistillationModel(KeepsLogOrder, NeverRematerialized, keras.Model):
 
         The default accepts any data.
         """
+
+    def note_labels(self, x, y):
+        """Leaves `UNLABELLED` samples out of the label loss from now on
+        when `y` may hold some.
+
+        In-memory integer labels are looked at; the labels of a dataset or
+        generator may hold `UNLABELLED` anywhere. Until some data may, the
+        step computes the label loss and metrics without a mask: the same
+        numbers with fewer operations. Once it may, the compiled steps are
+        traced again, with the mask.
+
+        Args:
+            x: the inputs given to `fit`, `evaluate`, ... (`None`: nothing
+                is learnt about the labels).
+            y: the labels, or `None`.
+        """
+        if self._unlabelled_possible or x is None:
+            return
+        if in_memory(x) and not holds_unlabelled(y):
+            return
+        set_untracked(self, "_unlabelled_possible", True)
+        retrace_steps(self)
 
     def check_finite(self, logs, when="training"):
         """Raises a `ValueError` naming the logged terms that are not finite.

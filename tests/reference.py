@@ -456,3 +456,23 @@ def ref_info_nce(anchors, positives, negatives, temperature):
         scores = np.concatenate([[anchor @ positive], n @ anchor]) / temperature
         out.append(-(scores[0] - np.log(np.exp(scores).sum())))
     return np.array(out)
+
+
+# ---------------------------------------------------------------------------
+# Stronger logit distillation
+# ---------------------------------------------------------------------------
+
+
+def np_standardize(logits, epsilon=1e-7):
+    """Sun et al. 2024: (z - mean) / (epsilon + sample std), per sample."""
+    z = np.asarray(logits, np.float64)
+    return (z - z.mean(-1, keepdims=True)) / (epsilon + z.std(-1, ddof=1, keepdims=True))
+
+
+def np_ctkd_decay(epoch, num_loops=10, max_value=0.0, min_value=-1.0):
+    """The authors' CosineDecay of the reversal's lambda at their epoch
+    (counted from 1): the gradient reaching the temperature is multiplied
+    by it."""
+    i = min(max(epoch, 0), num_loops)
+    value = (math.cos(i * math.pi / num_loops) + 1.0) * 0.5
+    return value * (max_value - min_value) + min_value

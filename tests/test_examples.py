@@ -1,5 +1,6 @@
 """The examples run end to end: quick modes here, the real runs marked slow."""
 
+import json
 import os
 import subprocess
 import sys
@@ -23,18 +24,39 @@ import quickstart  # noqa: E402
 
 
 def test_quickstart_trains_all_three_models():
-    (row,) = quickstart.run(epochs=15, seeds=(0,))
+    row = quickstart.run_seed(0, quickstart.load_data(), steps=100)
     assert row["teacher_params"] > 10 * row["student_params"]
-    for key in ("teacher", "scratch", "distilled"):
-        assert 0.5 < row[key] <= 1.0, row
+    assert row["labelled"] == 126 and row["unlabelled"] == 1131
+    for key in ("teacher", "labels_only", "distilled"):
+        assert 0.3 < row[key] <= 1.0, row
 
 
-def test_quickstart_script_prints_its_table():
+def test_quickstart_labels_a_tenth_of_each_class():
+    y = np.repeat(np.arange(10), 50)
+    keep = quickstart.labelled_subset(y, 0.1, seed=0)
+    assert all(keep[y == label].sum() == 5 for label in range(10))
+
+
+def test_quickstart_summary_pairs_the_seeds():
+    rows = [{"teacher": 0.9, "labels_only": a, "distilled": b}
+            for a, b in [(0.80, 0.90), (0.70, 0.82), (0.90, 0.95)]]
+    summary = quickstart.summarise(rows)
+    gains = np.array([0.10, 0.12, 0.05])
+    assert np.isclose(summary["gain"]["mean"], gains.mean())
+    assert np.isclose(summary["gain"]["standard_error"], gains.std(ddof=1) / np.sqrt(3))
+    assert np.isclose(summary["labels_only"]["std"], np.std([0.8, 0.7, 0.9], ddof=1))
+
+
+def test_quickstart_script_prints_its_table(tmp_path):
+    results = tmp_path / "quickstart.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, "quickstart.py"), "--quick"],
+        [sys.executable, os.path.join(EXAMPLES, "quickstart.py"), "--quick",
+         "--results", str(results)],
         capture_output=True, text=True, check=True,
     )
-    assert "student (distilled)" in result.stdout, result.stdout
+    assert "student (distilled, + unlabelled)" in result.stdout, result.stdout
+    assert "smoke run" in result.stdout
+    assert json.loads(results.read_text())["summary"]["seeds"] == 2
 
 
 def test_jitter_shifts_each_image_within_two_pixels():

@@ -19,6 +19,8 @@ from keras_distill.losses.base import PerSampleLoss
 from keras_distill.losses.base import weighted_mean
 from keras_distill.losses.contrastive import CRD
 from keras_distill.losses.contrastive import info_nce
+from keras_distill.losses.curriculum import CTKD
+from keras_distill.losses.curriculum import curriculum_reversal
 from keras_distill.losses.feature import FitNet
 from keras_distill.losses.feature import HiddenCosine
 from keras_distill.losses.feature import connector_for
@@ -42,10 +44,11 @@ from keras_distill.losses.response import dist
 from keras_distill.losses.response import dkd
 from keras_distill.losses.response import kd
 from keras_distill.losses.response import soft_log_probabilities
+from keras_distill.losses.response import standardize_logits
 
 #: The losses to distil with, by family (error messages list them).
 LOSSES = [
-    "KD", "DKD", "DIST",
+    "KD", "DKD", "DIST", "CTKD",
     "FitNet", "HiddenCosine", "AttentionTransfer", "TransformerAttention",
     "RKD", "SimilarityPreserving", "PKT", "CorrelationCongruence", "CRD",
     "LogitsDistillation", "FeatureDistillation",
@@ -55,6 +58,7 @@ __all__ = [
     "AttentionTransfer",
     "BatchLoss",
     "CRD",
+    "CTKD",
     "CorrelationCongruence",
     "DIST",
     "DKD",
@@ -74,6 +78,7 @@ __all__ = [
     "attention_transfer",
     "connector_for",
     "correlation_congruence",
+    "curriculum_reversal",
     "dist",
     "dkd",
     "hidden_cosine",
@@ -86,6 +91,7 @@ __all__ = [
     "similarity_preserving",
     "soft_log_probabilities",
     "spatial_attention",
+    "standardize_logits",
     "uniform_layer_map",
     "weighted_mean",
 ]

@@ -310,6 +310,17 @@ class DistillationLoss(keras.layers.Layer):
 
     # -- What a Distiller asks of every loss ---------------------------------
 
+    def updates_per_epoch(self):
+        """Whether `begin_epoch` changes this loss (a curriculum, say)."""
+        return False
+
+    def begin_epoch(self, epoch):
+        """Called by the Distiller before each epoch; the default does nothing.
+
+        Args:
+            epoch: the epoch about to start, counted from 0.
+        """
+
     def tap_paths(self, role):
         """The layer paths of the `role` model ("teacher" or "student") that
         this loss reads."""

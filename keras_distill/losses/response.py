@@ -18,6 +18,7 @@ from keras_distill.losses.base import PerSampleLoss
 from keras_distill.losses.base import combined_weights
 from keras_distill.losses.base import warn_at_user_line
 from keras_distill.losses.base import weighted_mean
+from keras_distill.labels import UNLABELLED
 
 DIVERGENCES = ("forward", "reverse", "js")
 # The smallest normal float32: a student's probabilities are floored here
@@ -45,6 +46,41 @@ def soft_log_probabilities(scores, temperature=1.0, from_logits=True):
     if not from_logits:
         scores = ops.log(scores)
     return ops.log_softmax(scores / temperature, axis=-1)
+
+
+def standardize_logits(logits, epsilon=1e-7):
+    """Z-scored logits: each sample's logits minus their mean, over their
+    standard deviation (logit standardization, Sun et al. 2024).
+
+    Softmax at temperature T of the z-scores is softmax of the logits at a
+    per-sample temperature `T * std`: the student matches the teacher's
+    logit relations without having to match their range. The standard
+    deviation is the sample one (divided by C - 1), as in the paper's code,
+    and `epsilon` is added to it, so constant logits give zeros (with a
+    finite gradient).
+
+    Args:
+        logits: shape `(B, ..., C)`, at least 2 classes.
+        epsilon: added to the standard deviation. Defaults to `1e-7`.
+
+    Returns:
+        float32 z-scores of the shape of `logits`.
+
+    Reference:
+        Sun, Ren, Li, Wang and Cao, "Logit Standardization in Knowledge
+        Distillation", CVPR 2024.
+    """
+    logits = ops.cast(logits, "float32")
+    centred = logits - ops.mean(logits, axis=-1, keepdims=True)
+    classes = logits.shape[-1]
+    variance = ops.sum(ops.square(centred), axis=-1, keepdims=True) / (classes - 1)
+    # Floored below the square root, whose gradient at 0 is infinite: the
+    # floor's standard deviation (1e-15) is lost against `epsilon`.
+    return centred / (epsilon + ops.sqrt(ops.maximum(variance, 1e-30)))
+
+
+def _standardized(standardize, *logits):
+    return [standardize_logits(x) for x in logits] if standardize else list(logits)
 
 
 def _kl(log_p, log_q):
@@ -76,6 +112,7 @@ def kd(
     divergence="forward",
     teacher_from_logits=True,
     student_from_logits=True,
+    standardize=False,
 ):
     """Knowledge-distillation divergence per sample (Hinton et al. 2015).
 
@@ -103,6 +140,9 @@ def kd(
         student_from_logits: `False` when the student ends in a softmax
             (its probabilities are floored at the smallest normal float32
             before the logarithm). Defaults to `True`.
+        standardize: whether both models' logits are z-scored first
+            (`standardize_logits`, Sun et al. 2024); needs logits on both
+            sides. Defaults to `False`.
 
     Returns:
         A float32 tensor of shape `(B, ...)`.
@@ -112,6 +152,7 @@ def kd(
         Network", 2015.
     """
     check_divergence(divergence)
+    teacher_logits, student_logits = _standardized(standardize, teacher_logits, student_logits)
     if not student_from_logits:
         student_logits = ops.maximum(ops.cast(student_logits, "float32"), _TINY)
     log_p = soft_log_probabilities(teacher_logits, temperature, teacher_from_logits)
@@ -133,6 +174,7 @@ def dkd(
     alpha=1.0,
     beta=8.0,
     temperature=4.0,
+    standardize=False,
 ):
     """Decoupled knowledge distillation per sample (Zhao et al. 2022).
 
@@ -147,9 +189,13 @@ def dkd(
         student_logits: student logits, shape `(B, ..., C)`.
         labels: the true classes, as integer indices of shape `(B, ...)` or
             `(B, ..., 1)`, or as one-hot / probability rows `(B, ..., C)`.
+            A sample labelled `keras_distill.UNLABELLED` (-1) takes the
+            teacher's top class as its target.
         alpha: weight of TCKD. Defaults to 1.
         beta: weight of NCKD. Defaults to 8 (the paper's CIFAR-100 value).
         temperature: softmax temperature. Defaults to 4.
+        standardize: whether both models' logits are z-scored first
+            (`standardize_logits`). Defaults to `False`.
 
     Returns:
         A float32 tensor of shape `(B, ...)`.
@@ -158,9 +204,10 @@ def dkd(
         Zhao, Cui, Song, Qiu and Liang, "Decoupled Knowledge Distillation",
         CVPR 2022.
     """
+    teacher_logits, student_logits = _standardized(standardize, teacher_logits, student_logits)
     t = ops.cast(temperature, "float32")
     num_classes = student_logits.shape[-1]
-    target = _one_hot_targets(labels, num_classes, len(student_logits.shape))
+    target = _one_hot_targets(labels, teacher_logits)
     log_p_t = soft_log_probabilities(teacher_logits, t)
     log_p_s = soft_log_probabilities(student_logits, t)
 
@@ -181,19 +228,25 @@ def dkd(
     return ops.square(t) * (alpha * tckd + beta * nckd)
 
 
-def _one_hot_targets(labels, num_classes, logits_rank):
+def _one_hot_targets(labels, teacher_logits):
+    """The target classes of `labels` as one-hot rows; an `UNLABELLED`
+    sample's target is the teacher's top class."""
     if labels is None:
         raise ValueError(
             "DKD needs the true labels: pass `y` to `fit` (DKD separates the "
             "target class from the others)."
         )
+    num_classes, logits_rank = teacher_logits.shape[-1], len(teacher_logits.shape)
     labels = ops.convert_to_tensor(labels)
     if len(labels.shape) == logits_rank and labels.shape[-1] == num_classes:
         if num_classes != 1:
             labels = ops.argmax(labels, axis=-1)
     if len(labels.shape) == logits_rank:
         labels = ops.squeeze(labels, axis=-1)
-    return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+    labels = ops.cast(labels, "int32")
+    top = ops.cast(ops.argmax(teacher_logits, -1), "int32")
+    labels = ops.where(labels >= 0, labels, top)
+    return ops.one_hot(labels, num_classes, dtype="float32")
 
 
 def _pearson(x, y, weights, axis):
@@ -224,6 +277,7 @@ def dist(
     temperature=1.0,
     sample_weight=None,
     mask=None,
+    standardize=False,
 ):
     """DIST: distillation from a stronger teacher (Huang et al. 2022).
 
@@ -250,6 +304,8 @@ def dist(
         sample_weight: optional weights of shape `(B,)` or `(B, ...)`.
             Defaults to `None`.
         mask: optional boolean mask of shape `(B, ...)`. Defaults to `None`.
+        standardize: whether both models' logits are z-scored first
+            (`standardize_logits`). Defaults to `False`.
 
     Returns:
         A float32 scalar.
@@ -258,6 +314,7 @@ def dist(
         Huang, You, Wang, Qian and Xu, "Knowledge Distillation from A
         Stronger Teacher", NeurIPS 2022.
     """
+    teacher_logits, student_logits = _standardized(standardize, teacher_logits, student_logits)
     t = ops.cast(temperature, "float32")
     num_classes = student_logits.shape[-1]
     p = ops.exp(soft_log_probabilities(teacher_logits, t))
@@ -294,8 +351,16 @@ class _ComparesClassScores:
 
     compares_predictions = True
 
+    standardize = False
+
     def validate_outputs(self, teacher_outputs, student_outputs):
         check_class_counts(self, teacher_outputs, student_outputs)
+        if self.standardize and student_outputs.shape[-1] == 1:
+            raise ValueError(
+                f"{type(self).__name__}(standardize=True) z-scores each sample's "
+                "logits over its classes, and the models score 1 class. Leave "
+                "standardize=False for a single score."
+            )
 
     def check_values(self, teacher, student, labels=None):
         for role, values in (("teacher", teacher), ("student", student)):
@@ -322,6 +387,12 @@ class KD(_ComparesClassScores, PerSampleLoss):
             (a black-box API). Defaults to `True`.
         student_from_logits: `False` for a student ending in a softmax.
             Defaults to `True`.
+        standardize: whether both models' logits are z-scored before the
+            temperature (logit standardization, Sun et al. 2024; see
+            `keras_distill.losses.standardize_logits`). The z-scores have
+            unit spread: the paper's code runs it at `temperature=2` with
+            a distillation weight of 9 against 1 for the labels (0.9 and
+            0.1 here). Defaults to `False`.
         input_mask: the key of a dict input holding a padding mask. Defaults
             to `None`: the student output's Keras mask, if any.
         name: the loss's name in the logs. Defaults to `"kd"`.
@@ -348,16 +419,26 @@ class KD(_ComparesClassScores, PerSampleLoss):
         divergence="forward",
         teacher_from_logits=True,
         student_from_logits=True,
+        standardize=False,
         input_mask=None,
         name=None,
         **kwargs,
     ):
         super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         check_divergence(divergence)
+        if standardize and not (teacher_from_logits and student_from_logits):
+            raise ValueError(
+                "KD(standardize=True) z-scores logits, and "
+                f"teacher_from_logits={teacher_from_logits}, "
+                f"student_from_logits={student_from_logits} say that a model "
+                "gives probabilities. Standardize logits only (drop the "
+                "model's final softmax), or leave standardize=False."
+            )
         self._add_temperature(temperature)
         self.divergence = divergence
         self.teacher_from_logits = teacher_from_logits
         self.student_from_logits = student_from_logits
+        self.standardize = bool(standardize)
 
     def per_sample(self, context):
         return kd(
@@ -367,6 +448,7 @@ class KD(_ComparesClassScores, PerSampleLoss):
             self.divergence,
             self.teacher_from_logits,
             self.student_from_logits,
+            self.standardize,
         )
 
     def get_config(self):
@@ -376,6 +458,7 @@ class KD(_ComparesClassScores, PerSampleLoss):
             "divergence": self.divergence,
             "teacher_from_logits": self.teacher_from_logits,
             "student_from_logits": self.student_from_logits,
+            "standardize": self.standardize,
         }
 
 
@@ -393,6 +476,8 @@ class DKD(_ComparesClassScores, PerSampleLoss):
         alpha: weight of target-class KD. Defaults to 1.
         beta: weight of non-target-class KD. Defaults to 8.
         temperature: softmax temperature, schedulable. Defaults to 4.
+        standardize: whether both models' logits are z-scored first, as
+            in `KD`. Defaults to `False`.
         input_mask: as in `KD`. Defaults to `None`.
         name: the loss's name in the logs. Defaults to `"dkd"`.
 
@@ -411,18 +496,19 @@ class DKD(_ComparesClassScores, PerSampleLoss):
 
     def __init__(
         self, teacher=None, student=None, *, alpha=1.0, beta=8.0, temperature=4.0,
-        input_mask=None, name=None, **kwargs
+        standardize=False, input_mask=None, name=None, **kwargs
     ):
         super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         check_non_negative(self, alpha=alpha, beta=beta)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.standardize = bool(standardize)
         self._add_temperature(temperature)
 
     def per_sample(self, context):
         return dkd(
             context.teacher, context.student, context.labels, self.alpha,
-            self.beta, self.temperature_variable,
+            self.beta, self.temperature_variable, self.standardize,
         )
 
     def check_values(self, teacher, student, labels=None):
@@ -435,6 +521,7 @@ class DKD(_ComparesClassScores, PerSampleLoss):
             "alpha": self.alpha,
             "beta": self.beta,
             "temperature": self.temperature,
+            "standardize": self.standardize,
         }
 
 
@@ -453,6 +540,8 @@ class DIST(_ComparesClassScores, BatchLoss):
         beta: weight of the inter-class term. Defaults to 1.
         gamma: weight of the intra-class term. Defaults to 1.
         temperature: softmax temperature, schedulable. Defaults to 1.
+        standardize: whether both models' logits are z-scored first, as
+            in `KD`. Defaults to `False`.
         input_mask: as in `KD`. Defaults to `None`.
         name: the loss's name in the logs. Defaults to `"dist"`.
 
@@ -463,12 +552,13 @@ class DIST(_ComparesClassScores, BatchLoss):
 
     def __init__(
         self, teacher=None, student=None, *, beta=1.0, gamma=1.0, temperature=1.0,
-        input_mask=None, name=None, **kwargs
+        standardize=False, input_mask=None, name=None, **kwargs
     ):
         super().__init__(teacher, student, input_mask=input_mask, name=name, **kwargs)
         check_non_negative(self, beta=beta, gamma=gamma)
         self.beta = float(beta)
         self.gamma = float(gamma)
+        self.standardize = bool(standardize)
         self._add_temperature(temperature)
 
     def compute(self, context):
@@ -480,6 +570,7 @@ class DIST(_ComparesClassScores, BatchLoss):
             self.temperature_variable,
             context.sample_weight,
             context.mask,
+            self.standardize,
         )
 
     def get_config(self):
@@ -488,6 +579,7 @@ class DIST(_ComparesClassScores, BatchLoss):
             "beta": self.beta,
             "gamma": self.gamma,
             "temperature": self.temperature,
+            "standardize": self.standardize,
         }
 
 
@@ -541,6 +633,7 @@ def check_labels(loss, labels, num_classes):
     labels = np.asarray(labels)
     if labels.ndim and labels.shape[-1] == num_classes and labels.ndim > 1:
         return  # one-hot (or soft) labels
+    labels = labels[labels != UNLABELLED] if labels.dtype.kind in "iu" else labels
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(
             f"{type(loss).__name__} reads class labels in [0, {num_classes}), "

@@ -712,11 +712,12 @@ def test_kd_gradient_matches_closed_form():
 CONSTRUCTIONS = [
     (KD, {"teacher": Output("logits"), "student": Output("logits"), "temperature": 2.5,
           "divergence": "js", "teacher_from_logits": False, "student_from_logits": True,
-          "input_mask": None, "name": "my_kd"}),
+          "standardize": False, "input_mask": None, "name": "my_kd"}),
     (DKD, {"teacher": Output(1), "student": Output(1), "alpha": 0.5, "beta": 2.0,
-           "temperature": 3.0, "input_mask": None, "name": "my_dkd"}),
+           "temperature": 3.0, "standardize": True, "input_mask": None, "name": "my_dkd"}),
     (DIST, {"teacher": "t_logits", "student": "s_logits", "beta": 2.0, "gamma": 0.5,
-            "temperature": 1.5, "input_mask": None, "name": "my_dist"}),
+            "temperature": 1.5, "standardize": False, "input_mask": None,
+            "name": "my_dist"}),
 ]
 
 
