@@ -137,7 +137,7 @@ def test_gradient_reversal_is_the_identity_with_a_reversed_gradient(scale):
     x = logits((5,), 13)
     assert_close(gradient_reversal(x, scale), x, rtol=0, atol=0)
     weights = logits((5,), 14)
-    grad = grad_wrt(lambda v: keras.ops.sum(weights * gradient_reversal(v, scale)), x)
+    grad = grad_wrt(lambda v: keras.ops.sum(keras.ops.multiply(weights, gradient_reversal(v, scale))), x)
     np.testing.assert_allclose(grad, -scale * weights, rtol=1e-6)
 
 
