@@ -16,7 +16,7 @@ BASES = ("BatchLoss", "DistillationLoss", "PerSampleLoss")
 def test_public_names():
     assert sorted(keras_distill.__all__) == [
         "DistillationLoss", "Distiller", "FeatureDistillation",
-        "LogitsDistillation", "MutualLearning", "born_again", "callbacks",
+        "LogitsDistillation", "MutualLearning", "UNLABELLED", "born_again", "callbacks",
         "losses", "report", "sources", "teachers",
     ]
     assert sorted(teachers.__all__) == [
@@ -26,7 +26,7 @@ def test_public_names():
     ]
     assert sorted(callbacks.__all__) == ["LossWeightScheduler", "TemperatureScheduler"]
     assert sorted(losses.LOSSES) == [
-        "AttentionTransfer", "CRD", "CorrelationCongruence", "DIST", "DKD",
+        "AttentionTransfer", "CRD", "CTKD", "CorrelationCongruence", "DIST", "DKD",
         "FeatureDistillation", "FitNet", "HiddenCosine", "KD",
         "LogitsDistillation", "PKT", "RKD", "SimilarityPreserving",
         "TransformerAttention",

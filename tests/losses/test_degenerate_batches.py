@@ -30,6 +30,7 @@ def make(name):
     pair = (TEACHER, STUDENT)
     return {
         "KD": lambda: (losses.KD(), pair),
+        "CTKD": lambda: (losses.CTKD(), pair),
         "DKD": lambda: (losses.DKD(), pair),
         "DIST": lambda: (losses.DIST(), pair),
         "FitNet": lambda: (built(losses.FitNet()), pair),
