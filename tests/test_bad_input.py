@@ -52,6 +52,20 @@ def test_probabilities_read_as_logits_are_warned_about(role):
         distiller.evaluate(x, y, verbose=0)
 
 
+def test_dist_on_two_classes_is_warned_about_once():
+    """The inter-class correlation of two scores is always +1 or -1."""
+    x, y = classification_data(32, num_classes=2)
+    with pytest.warns(UserWarning, match="DIST: the models score 2 classes.*prefer KD"):
+        distiller = compiled(mlp(16, 2), mlp(4, 2), DIST())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        distiller.fit(x, y, verbose=0)
+        compiled(mlp(16), mlp(4), DIST())  # 3 classes
+        compiled(mlp(16, 2), mlp(4, 2), DIST(beta=0.0))  # no inter-class term
+    for a, b in np.random.default_rng(0).normal(size=(5, 2, 2)):  # the claim
+        assert abs(abs(np.corrcoef(a, b)[0, 1]) - 1.0) < 1e-9
+
+
 def test_the_same_check_for_keras_logits_distillation():
     x, y = classification_data(32)
     distiller = compiled(softmax_mlp(8), mlp(4), keras_distill.LogitsDistillation())

@@ -560,6 +560,20 @@ class DIST(_ComparesClassScores, BatchLoss):
         self.gamma = float(gamma)
         self.standardize = bool(standardize)
         self._add_temperature(temperature)
+        self._warned_two_classes = False
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        super().validate_outputs(teacher_outputs, student_outputs)
+        if student_outputs.shape[-1] == 2 and self.beta and not self._warned_two_classes:
+            self._warned_two_classes = True
+            warn_at_user_line(
+                "DIST: the models score 2 classes, and the Pearson correlation "
+                "of two scores is +1 or -1 whatever they are, so the "
+                "inter-class term (beta) gives no gradient and only the "
+                "intra-class term, blind to a shift of the student's "
+                "scores, teaches. On a binary task prefer KD, or DIST(beta=0) "
+                "with the labels' loss weighted up."
+            )
 
     def compute(self, context):
         return dist(
