@@ -49,7 +49,8 @@ of 32 rows of 64 tokens; no dropout) over two seeds (`--seeds 0 1`), JAX,
 on 2 CPU cores shared with other jobs (about 14 minutes and 8.7
 CPU-minutes per seed, so the seconds are inflated), perplexity on
 Persuasion and on Northanger Abbey (validation), mean and standard
-deviation:
+deviation (the population std, ddof=0, which the script printed then: it
+now prints the sample std, ddof=1):
 
     model                        perplexity   ± std  validation   ± std    params  seconds
     teacher (4 layers)             105.4418  1.2171    109.0973  1.1961   1057536    360.1
@@ -76,7 +77,8 @@ worse than labels only (140 and 135): a teacher is only worth distilling
 when it is clearly better than its student.
 
 Run: `KERAS_BACKEND=jax python examples/austen_lm.py` (`--quick` for a
-smoke run on a few hundred rows).
+smoke run on a few hundred rows and seed 0; seeds 0, 1 and 2 by default,
+`--seeds` for others).
 """
 
 import argparse
@@ -94,6 +96,8 @@ import keras_distill  # noqa: E402
 from datasets import load_jane_austen  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
 import text  # noqa: E402
+from results import add_seeds_argument  # noqa: E402
+from results import chosen_seeds  # noqa: E402
 from results import print_table  # noqa: E402
 from text import PAD  # noqa: E402
 
@@ -344,10 +348,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_seeds_argument(parser)
     parser.add_argument("--quick", action="store_true",
                         help="1 epoch on 256 rows of 32 tokens, evaluated on "
-                        "128 rows: a smoke run.")
+                        "128 rows, seed 0 unless --seeds: a smoke run.")
     args = parser.parse_args()
     runs = [
         run(
@@ -358,7 +362,7 @@ def main():
             eval_rows=128 if args.quick else None,
             seed=seed,
         )
-        for seed in args.seeds
+        for seed in chosen_seeds(args)
     ]
     print_table("Jane Austen, test perplexity (Persuasion)", runs,
                 measures=("perplexity", "validation"))

@@ -21,9 +21,9 @@ view to both models. Here:
   `student_loss` is the cross-entropy against the unmixed labels, which is
   why it stays high).
 
-Measured with `--baseline` on TensorFlow, seed 0, on 2 CPU cores shared
-with other jobs (load average 4 to 6), with the default 30 student epochs
-and with `--epochs 60`:
+Measured with `--baseline` on TensorFlow, seed 0 alone (`--seeds 0`), on
+2 CPU cores shared with other jobs (load average 4 to 6), with the default
+30 student epochs and with `--epochs 60`:
 
 | model | test errors, 30 epochs | 60 epochs |
 | --- | --- | --- |
@@ -31,22 +31,24 @@ and with `--epochs 60`:
 | student, labels + jitter (`--baseline`) | 82 (4.2 min) | 75 (7.4 min) |
 | student, function matching | 79 (8.0 min) | 63 (16.4 min) |
 
-With the defaults the recipe (teacher, then student) took 15 minutes and
-brings the plain MLP to Hinton et al.'s level: they report 146 errors for
-this MLP trained on the labels and 74 when distilled from a 2x1200 teacher
-(67 errors) trained on jittered digits for far longer. Read the baseline
-too: the same MLP trained on the labels with the teacher's shifts and
-rotations makes 82 errors, so at 30 epochs most of the gain comes from the
-augmentation, and function matching adds 3 errors' worth, within the
-run-to-run spread of a single seed. Patience is what separates them:
-doubling the epochs takes the baseline from 82 to 75 errors and the
-function-matching student from 79 to 63, past Hinton's distilled MLP
-(23 minutes for the recipe on the loaded machine).
+With the defaults, one seed's recipe (teacher, then student) took 15
+minutes and brings the plain MLP to Hinton et al.'s level: they report 146
+errors for this MLP trained on the labels and 74 when distilled from a
+2x1200 teacher (67 errors) trained on jittered digits for far longer. Read
+the baseline too: the same MLP trained on the labels with the teacher's
+shifts and rotations makes 82 errors, so at 30 epochs most of the gain
+comes from the augmentation, and function matching adds 3 errors' worth,
+within the run-to-run spread of a single seed. Patience is what separates
+them: doubling the epochs takes the baseline from 82 to 75 errors and the
+function-matching student from 79 to 63, past Hinton's distilled MLP (23
+minutes for the recipe on the loaded machine).
 
 Run: `KERAS_BACKEND=tensorflow python examples/mnist_patient.py`
 (`--baseline` also trains the MLP on the labels with the same shifts and
-rotations; `--quick` for a smoke run; `--report DIR` writes
-`keras_distill.report`'s table and plots).
+rotations; the test errors are the mean and standard deviation over seeds
+0, 1 and 2 by default, `--seeds` for others; `--quick` for a smoke run on
+seed 0; `--report DIR` writes `keras_distill.report`'s table and plots of
+each seed).
 
 Reference:
     - [Beyer et al., 2022](https://arxiv.org/abs/2106.05237)
@@ -66,6 +68,8 @@ import keras_distill  # noqa: E402
 from datasets import load_mnist  # noqa: E402
 from mnist_hinton import error_rows  # noqa: E402
 from mnist_hinton import print_errors  # noqa: E402
+from results import add_seeds_argument  # noqa: E402
+from results import chosen_seeds  # noqa: E402
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -207,23 +211,28 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--baseline", action="store_true",
                         help="also train the MLP on the jittered labels")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seeds_argument(parser)
     parser.add_argument("--report", metavar="DIR",
-                        help="write keras_distill.report's table and plots there")
+                        help="write keras_distill.report's table and plots "
+                        "of each seed to DIR/seed_<seed>")
     parser.add_argument("--quick", action="store_true",
-                        help="2,000 training images and 2 epochs: a smoke run.")
+                        help="2,000 training images and 2 epochs, seed 0 "
+                        "unless --seeds: a smoke run.")
     args = parser.parse_args()
     start = time.perf_counter()
-    rows = run(
-        teacher_epochs=2 if args.quick else args.teacher_epochs,
-        epochs=2 if args.quick else args.epochs,
-        train_size=2000 if args.quick else None,
-        baseline=args.baseline,
-        seed=args.seed,
-        report_path=args.report,
-    )
+    runs = [
+        run(
+            teacher_epochs=2 if args.quick else args.teacher_epochs,
+            epochs=2 if args.quick else args.epochs,
+            train_size=2000 if args.quick else None,
+            baseline=args.baseline,
+            seed=seed,
+            report_path=args.report and os.path.join(args.report, f"seed_{seed}"),
+        )
+        for seed in chosen_seeds(args)
+    ]
     minutes = (time.perf_counter() - start) / 60
-    print_errors(rows, f", {minutes:.1f} minutes in all")
+    print_errors(runs, f", {minutes:.1f} minutes in all")
 
 
 if __name__ == "__main__":

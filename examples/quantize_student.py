@@ -40,18 +40,18 @@ student), by `keras_distill.report` plus two sizes:
 
 - test accuracy, and for the int8 student its agreement with the float
   student (the fraction of test images where their top-1 classes match);
-- `weights KB`: the bytes the weights take in memory, each variable's
+- `weights_KB`: the bytes the weights take in memory, each variable's
   element count times its dtype's size (int8: 1 byte, float32: 4);
-- `file KB`: the size of the model's `.keras` file (zipped: the JSON config,
+- `file_KB`: the size of the model's `.keras` file (zipped: the JSON config,
   the weights in HDF5, metadata), saved without optimizer state;
 - latency: the median time of one `predict_on_batch` call on 256 test
   images, over 20 calls, after a warm-up call that traces or compiles.
 
-Measured with the defaults (first 20,000 training images, 8 epochs each,
-all 10,000 test images, seed 0), Keras 3.15.1, on 2 CPU cores shared with
-other jobs (wall time: JAX 4 min, an earlier identical run 6 min under more
-load; TensorFlow 2 min; PyTorch 20.5 min, 18.5 of them the teacher's
-convolutions):
+Measured on seed 0 alone (`--seeds 0`) with the other defaults (first
+20,000 training images, 8 epochs each, all 10,000 test images), Keras
+3.15.1, on 2 CPU cores shared with other jobs (wall time: JAX 4 min, an
+earlier identical run 6 min under more load; TensorFlow 2 min; PyTorch
+20.5 min, 18.5 of them the teacher's convolutions):
 
     test accuracy   teacher  float32 student  int8 student  agreement
     jax             0.9068   0.8578           0.8569        0.997
@@ -95,9 +95,11 @@ cores vary from run to run by a few tenths of a millisecond for the
 student: read ratios under about 1.3 as no difference. One seed.
 
 Run: `KERAS_BACKEND=jax python examples/quantize_student.py` (`--quick` for
-a smoke run; `--report DIR` also writes `keras_distill.report`'s table and
-plot and the three `.keras` files to DIR). The data is fetched as
-`examples/datasets.py` describes.
+a smoke run on seed 0; seeds 0, 1 and 2 by default, `--seeds` for others:
+each number printed is the mean and standard deviation over them;
+`--report DIR` also writes `keras_distill.report`'s table and plot and the
+three `.keras` files of each seed to DIR/seed_<seed>). The data is
+fetched as `examples/datasets.py` describes.
 """
 
 import argparse
@@ -115,6 +117,13 @@ from fashion_mnist import load  # noqa: E402
 from fashion_mnist import train_all  # noqa: E402
 from fashion_mnist_ensemble import cnn_wide_teacher  # noqa: E402
 from keras_distill.losses import KD  # noqa: E402
+from results import add_seeds_argument  # noqa: E402
+from results import chosen_seeds  # noqa: E402
+from results import mean_std_text  # noqa: E402
+from results import print_table  # noqa: E402
+
+REPORT_FILES = ("report.md", "models.png", "teacher.keras",
+                "student_float32.keras", "student_int8.keras")
 
 
 def student_model():
@@ -193,6 +202,18 @@ def quantized_copy(model, folder, name="student"):
     return copy, sizes
 
 
+def check_report_dir(report_dir):
+    """Raises `FileExistsError` when `report_dir` holds a report or a
+    `.keras` file of an earlier run (see `REPORT_FILES`); `None` passes."""
+    existing = [f for f in REPORT_FILES
+                if report_dir and os.path.exists(os.path.join(report_dir, f))]
+    if existing:
+        raise FileExistsError(
+            f"report_dir={report_dir!r} holds {existing} already; give another "
+            "folder."
+        )
+
+
 def run(epochs=8, teacher_epochs=8, train_size=20000, test_size=None, seed=0,
         report_dir=None, verbose=0):
     """Trains the teacher, distils the student, quantizes it; measures all three.
@@ -223,15 +244,7 @@ def run(epochs=8, teacher_epochs=8, train_size=20000, test_size=None, seed=0,
         FileExistsError: when `report_dir` holds a report or a `.keras`
             file of an earlier run; checked before any training.
     """
-    files = ("report.md", "models.png", "teacher.keras", "student_float32.keras",
-             "student_int8.keras")
-    existing = [f for f in files
-                if report_dir and os.path.exists(os.path.join(report_dir, f))]
-    if existing:  # refused before training, not after
-        raise FileExistsError(
-            f"report_dir={report_dir!r} holds {existing} already; give another "
-            "folder."
-        )
+    check_report_dir(report_dir)  # refused before training, not after
     data = load(train_size, test_size)
     x_test, y_test = data[1]
     trained = {}
@@ -280,25 +293,41 @@ def run(epochs=8, teacher_epochs=8, train_size=20000, test_size=None, seed=0,
     return rows, models
 
 
-def print_table(rows):
-    """Prints the rows of `run` as a table, with the backend."""
-    print(f"Fashion-MNIST, distil then quantize, backend {keras.backend.backend()}:")
-    print(f"{'model':<20}{'accuracy':>9}{'agree':>7}{'params':>9}"
-          f"{'weights KB':>12}{'file KB':>9}{'ms/batch':>10}{'train s':>9}")
-    for r in rows:
-        seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        print(f"{r['model']:<20}{r['accuracy']:>9.4f}{r['agreement']:>7.3f}"
-              f"{r['params']:>9,}{r['weight_bytes'] / 1000:>12.1f}"
-              f"{r['file_bytes'] / 1000:>9.1f}{r['latency_ms']:>10.2f}{seconds:>9}")
-    student = {r["model"]: r for r in rows}
-    f32, i8 = student["student (float32)"], student["student (int8)"]
-    print(f"int8 / float32 student: weights {i8['weight_bytes'] / f32['weight_bytes']:.3f}, "
-          f"file {i8['file_bytes'] / f32['file_bytes']:.3f}, "
-          f"latency {i8['latency_ms'] / f32['latency_ms']:.2f}, "
-          f"accuracy {i8['accuracy'] - f32['accuracy']:+.4f}")
-    print("agree: top-1 agreement with the float32 student; ms/batch: median "
-          "predict_on_batch time on 256 images; weights KB: in memory; "
-          "file KB: the .keras file.")
+# The printed measures: their columns, the keys of `run`'s rows they come
+# from, the scale applied and the decimals.
+COLUMNS = (("accuracy", "accuracy", 1, 4), ("agreement", "agreement", 1, 3),
+           ("weights_KB", "weight_bytes", 1e-3, 1), ("file_KB", "file_bytes", 1e-3, 1),
+           ("ms/batch", "latency_ms", 1, 2))
+
+
+def print_results(runs):
+    """Prints the rows of `run`, one list per seed, as a table with the
+    backend: the mean and standard deviation over the seeds of each
+    measure and of the int8 / float32 student ratios."""
+    table = [
+        [{"model": r["model"], "params": r["params"], "seconds": r["seconds"],
+          **{column: r[key] * scale for column, key, scale, _ in COLUMNS}}
+         for r in rows]
+        for rows in runs
+    ]
+    print_table("Fashion-MNIST, distil then quantize", table,
+                measures=[column for column, *_ in COLUMNS],
+                precision={column: digits for column, _, _, digits in COLUMNS})
+    students = [{r["model"]: r for r in rows} for rows in runs]
+
+    def ratio(key, precision, difference=False):
+        values = [s["student (int8)"][key] - s["student (float32)"][key]
+                  if difference else
+                  s["student (int8)"][key] / s["student (float32)"][key]
+                  for s in students]
+        return mean_std_text(values, precision, sign=difference)
+
+    print(f"int8 / float32 student: weights {ratio('weight_bytes', 3)}, "
+          f"file {ratio('file_bytes', 3)}, latency {ratio('latency_ms', 2)}, "
+          f"accuracy {ratio('accuracy', 4, difference=True)}")
+    print("agreement: top-1 agreement with the float32 student; ms/batch: "
+          "median predict_on_batch time on 256 images; weights_KB: in memory; "
+          "file_KB: the .keras file; seconds: training.")
 
 
 def main():
@@ -306,23 +335,30 @@ def main():
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_seeds_argument(parser)
     parser.add_argument("--report", metavar="DIR", default=None,
                         help="write report.md, models.png and the .keras "
-                        "files to DIR.")
+                        "files of each seed to DIR/seed_<seed>.")
     parser.add_argument("--quick", action="store_true",
                         help="1 epoch on 512 training images, tested on "
-                        "1,000: a smoke run.")
+                        "1,000, seed 0 unless --seeds: a smoke run.")
     args = parser.parse_args()
-    rows, _ = run(
-        epochs=1 if args.quick else args.epochs,
-        teacher_epochs=1 if args.quick else args.teacher_epochs,
-        train_size=512 if args.quick else args.train_size,
-        test_size=1000 if args.quick else None,
-        seed=args.seed,
-        report_dir=args.report,
-    )
-    print_table(rows)
+    report_dirs = {seed: args.report and os.path.join(args.report, f"seed_{seed}")
+                   for seed in chosen_seeds(args)}
+    for report_dir in report_dirs.values():  # before any training
+        check_report_dir(report_dir)
+    runs = [
+        run(
+            epochs=1 if args.quick else args.epochs,
+            teacher_epochs=1 if args.quick else args.teacher_epochs,
+            train_size=512 if args.quick else args.train_size,
+            test_size=1000 if args.quick else None,
+            seed=seed,
+            report_dir=report_dir,
+        )[0]
+        for seed, report_dir in report_dirs.items()
+    ]
+    print_results(runs)
 
 
 if __name__ == "__main__":

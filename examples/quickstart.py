@@ -144,13 +144,49 @@ def print_table(rows, summary, quick):
           "(mean ± standard error of the paired differences)")
 
 
+def markdown_table(reports):
+    """The README's table of results files written with `--results`.
+
+    Args:
+        reports: the loaded JSON of each backend's results file.
+
+    Returns:
+        A Markdown table: one row per backend, the mean ± standard
+        deviation of each model's accuracy and the gain ± its standard
+        error.
+    """
+    first = reports[0]["rows"][0]
+    lines = [
+        f"| backend | teacher | student, {first['labelled']} labels | "
+        f"distilled, + {first['unlabelled']:,} unlabelled | gain |",
+        "|---|---|---|---|---|",
+    ]
+    for report in reports:
+        summary = report["summary"]
+        cells = [f"{summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}"
+                 for k in ("teacher", "labels_only", "distilled")]
+        gain = summary["gain"]
+        cells.append(f"{gain['mean']:+.3f} ± {gain['standard_error']:.3f}")
+        lines.append(f"| {report['backend']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="Seeds to average over.")
     parser.add_argument("--quick", action="store_true",
                         help="A smoke run: 2 seeds, 100 updates per model.")
     parser.add_argument("--results", help="Also write the rows and summary to this JSON file.")
+    parser.add_argument("--table", nargs="+", metavar="RESULTS",
+                        help="Only print the Markdown table of these results files.")
     args = parser.parse_args()
+    if args.table:
+        reports = []
+        for path in args.table:
+            with open(path) as f:
+                reports.append(json.load(f))
+        print(markdown_table(reports))
+        return
     start = time.perf_counter()
     data = load_data()
     seeds = range(2 if args.quick else args.seeds)

@@ -187,8 +187,9 @@ def test_quick_mode_prints_finite_perplexities_below_the_vocabulary():
     assert f"backend {keras.backend.backend()}" in result.stdout, result.stdout
     rows = {}
     for line in result.stdout.splitlines():
-        match = re.match(r"(.+?)\s+([\d.]+|nan|inf)\s+[\d.]+\s+([\d.]+|nan|inf)"
-                         r"\s+[\d.]+\s+(\d+)\s+[\d.]+$", line)
+        # Each perplexity's spread is "-": one seed.
+        match = re.match(r"(.+?)\s+([\d.]+|nan|inf)\s+-\s+([\d.]+|nan|inf)"
+                         r"\s+-\s+(\d+)\s+[\d.]+$", line)
         if match:
             rows[match.group(1)] = (float(match.group(2)), float(match.group(3)),
                                     int(match.group(4)))

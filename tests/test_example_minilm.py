@@ -132,7 +132,9 @@ def test_quick_mode_prints_its_table_and_caches_the_logits(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {}
     for line in result.stdout.splitlines():
-        match = re.match(r"(.+?)\s+([01]\.\d{4})\s+\d\.\d{4}\s+[\d.]+\s+[\d.]+"
+        # Accuracy and inference seconds, each with its spread "-" (one
+        # seed), then params and training seconds.
+        match = re.match(r"(.+?)\s+([01]\.\d{4})\s+-\s+[\d.]+\s+-"
                          r"\s+(\d+)\s+[\d.]+$", line)
         if match:
             rows[match.group(1)] = (float(match.group(2)), int(match.group(3)))

@@ -106,9 +106,12 @@ def test_quick_mode_prints_its_table_and_writes_its_report(tmp_path):
     for name in ("teacher", "student (float32)", "student (int8)"):
         line = next((l for l in out.splitlines() if l.startswith(name + " ")), None)
         assert line is not None, (name, out)
-        accuracy, agree, params, weights_kb, file_kb, ms, _ = line[len(name):].split()
+        # Each measure's mean and its spread, "-" over one seed.
+        words = line[len(name):].split()
+        assert len(words) == 12 and words[1:10:2] == ["-"] * 5, (name, out)
+        accuracy, agree, weights_kb, file_kb, ms = words[0:10:2]
         rows[name] = dict(accuracy=float(accuracy), agree=float(agree),
-                          params=int(params.replace(",", "")),
+                          params=int(words[10].replace(",", "")),
                           weights=float(weights_kb), file=float(file_kb), ms=float(ms))
     f32, i8, teacher = rows["student (float32)"], rows["student (int8)"], rows["teacher"]
     assert f32["agree"] == 1.0
@@ -117,9 +120,10 @@ def test_quick_mode_prints_its_table_and_writes_its_report(tmp_path):
     assert i8["weights"] < f32["weights"] / 3.9 and i8["file"] < f32["file"] / 3, out
     assert teacher["params"] > 4 * f32["params"], out
     assert min(r["ms"] for r in rows.values()) > 0
-    ratios = re.search(r"int8 / float32 student: weights ([\d.]+), file ([\d.]+)", out)
+    ratios = re.search(r"int8 / float32 student: weights ([\d.]+) ± -, file ([\d.]+)", out)
     assert ratios and float(ratios[1]) < 0.26, out
 
+    folder = folder / "seed_0"  # the report of each seed
     assert sorted(os.listdir(folder)) == [
         "models.png", "report.md", "student_float32.keras", "student_int8.keras",
         "teacher.keras",

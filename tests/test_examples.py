@@ -21,6 +21,7 @@ import fine_foods_bert  # noqa: E402
 import migrate_from_keras  # noqa: E402
 import mnist_hinton  # noqa: E402
 import quickstart  # noqa: E402
+import results  # noqa: E402
 
 
 def test_quickstart_trains_all_three_models():
@@ -79,21 +80,21 @@ def test_mnist_distilled_student_makes_fewer_errors_than_scratch(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, "mnist_hinton.py"),
          "--train-size", "10000", "--teacher-epochs", "15", "--epochs", "10",
-         "--temperatures", "4", "--report", str(tmp_path)],
+         "--temperatures", "4", "--seeds", "0", "--report", str(tmp_path)],
         capture_output=True, text=True, check=True,
     )
-    rows = {}
-    for line in result.stdout.splitlines():
-        for name in ("teacher 2x1200", "student 2x800, labels", "student, KD T=4"):
-            if line.startswith(name + " "):
-                errors, params, _ = line[len(name):].split()
-                rows[name] = (int(errors), int(params))
-    assert len(rows) == 3, result.stdout
+    rows = table_rows(result.stdout)
+    assert list(rows) == ["teacher 2x1200", "student 2x800, labels",
+                          "student, KD T=4"], result.stdout
+    # Errors (a whole number: one seed), its spread ("-"), params, seconds.
     teacher, scratch, distilled = rows.values()
+    for errors, spread, _, _ in rows.values():
+        assert errors == int(errors) and spread is None, result.stdout
     assert teacher[0] < scratch[0], result.stdout
     assert distilled[0] < scratch[0], result.stdout
-    assert distilled[1] == scratch[1] < teacher[1]
-    assert {"report.md", "models.png", "training.png"} <= set(os.listdir(tmp_path))
+    assert distilled[2] == scratch[2] < teacher[2]
+    report = tmp_path / "seed_0"
+    assert {"report.md", "models.png", "training.png"} <= set(os.listdir(report))
 
 
 @pytest.mark.slow
@@ -145,7 +146,9 @@ def test_fine_foods_encoding_and_distilbert_initialisation():
 
 def table_rows(stdout):
     """`{model: [numbers...]}` of the results table a tutorial printed: each
-    row's measures (mean and spread), then its parameters and seconds."""
+    row's measures (mean and spread), then its parameters and seconds. A
+    spread printed as "-" (one seed: none measured) reads as `None`; the
+    table ends at the first line without a number in each column."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("model "))
     # One number per header word but "model" and "±" ("± std" is one).
@@ -155,17 +158,39 @@ def table_rows(stdout):
         words = line.split()
         if len(words) <= columns:
             break
-        rows[" ".join(words[:-columns])] = [float(w) for w in words[-columns:]]
+        try:
+            numbers = [None if w == "-" else float(w) for w in words[-columns:]]
+        except ValueError:
+            break
+        rows[" ".join(words[:-columns])] = numbers
     return rows
 
 
+def test_print_table_gives_the_sample_std_over_seeds_and_none_for_one(capsys):
+    def seed(accuracy, seconds):
+        return [{"model": "student, labels only", "accuracy": accuracy,
+                 "params": 120, "seconds": seconds}]
+
+    results.print_table("Test", [seed(0.8, 1.0), seed(0.7, 3.0), seed(0.9, None)])
+    out = capsys.readouterr().out
+    assert "3 seed(s)" in out.splitlines()[0], out
+    # ddof=1: the std of 0.7, 0.8, 0.9 is 0.1 (ddof=0 would give 0.0816).
+    assert table_rows(out) == {"student, labels only": [0.8, 0.1, 120, None]}, out
+    results.print_table("Test", [seed(0.8, 2.0)])
+    out = capsys.readouterr().out
+    assert table_rows(out) == {"student, labels only": [0.8, None, 120, 2.0]}, out
+    assert results.mean_std_text([0.1, 0.3], 2, sign=True) == "+0.20 ± 0.14"
+    assert results.mean_std_text([0.25], 3) == "0.250 ± -"
+
+
 def check_accuracies(rows, measures=1):
-    """Each mean measure is a fraction, its spread 0 over one seed, and
-    the parameter counts whole numbers."""
+    """Each mean measure is a fraction, its spread "-" (`None`) over one
+    seed, and the parameter counts whole numbers."""
     for name, numbers in rows.items():
         assert len(numbers) == 2 * measures + 2, (name, numbers)
         for mean, spread in zip(numbers[0:-2:2], numbers[1:-2:2]):
-            assert 0.0 <= mean <= 1.0 and spread == 0.0, (name, numbers)
+            assert 0.0 <= mean <= 1.0 and spread is None, (name, numbers)
+        assert numbers[-2] == int(numbers[-2]) > 0, (name, numbers)
 
 
 def students_share_an_architecture_smaller_than(rows, teacher, ratio=1.0):
@@ -202,8 +227,10 @@ def check_self(rows):
 
 
 def check_patient(rows):
-    for name, (errors, params, _) in rows.items():
-        assert 0 <= errors <= 10_000 and params > 0, (name, errors)
+    # Errors over one seed (a whole number, no spread), params, seconds.
+    for name, (errors, spread, params, _) in rows.items():
+        assert 0 <= errors <= 10_000 and errors == int(errors), (name, errors)
+        assert spread is None and params > 0, (name, spread, params)
 
 
 TUTORIALS = {
@@ -250,12 +277,16 @@ def test_migration_tutorial_shows_keras_distill_computing_hintons_kd():
     )
     lines = result.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if "Hinton KD" in line)
-    losses = [[float(v) for v in line.split()] for line in lines[start + 1:]]
-    assert [row[0] for row in losses] == [1.0, 2.0, 4.0], result.stdout
-    for _, hinton, ours, keras_default in losses:
+    # T, then the mean and spread ("-": one seed) of each library's loss.
+    losses = [line.split() for line in lines[start + 1:]]
+    assert [float(row[0]) for row in losses] == [1.0, 2.0, 4.0], result.stdout
+    for row in losses:
+        assert len(row) == 7 and row[2::2] == ["-"] * 3, result.stdout
+        hinton, ours, keras_default = (float(v) for v in row[1::2])
         assert ours == pytest.approx(hinton, rel=1e-3, abs=1e-4)
         assert abs(keras_default - hinton) > 0.1 * hinton
-    errors = {line.split()[0]: int(line.split()[1]) for line in lines[1:5]}
+    errors = table_rows(result.stdout)
     assert set(errors) == {"teacher", "scratch_student", "keras_distillation",
-                           "keras_distill"}
-    assert all(0 <= e <= 10_000 for e in errors.values())
+                           "keras_distill"}, result.stdout
+    for mean, spread in errors.values():
+        assert 0 <= mean <= 10_000 and mean == int(mean) and spread is None
