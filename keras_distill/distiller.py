@@ -53,6 +53,11 @@ class Distiller(DistillationModel):
     the usual `0.5 * student_loss + 0.5 * distillation_loss`, as
     `keras.distillation.Distiller` does.
 
+    Samples whose integer class label is `keras_distill.UNLABELLED` (-1)
+    take part in the distillation losses and not in `student_loss` or the
+    compiled metrics, which average over the labelled samples: a transfer
+    set of a few labelled and many unlabelled samples trains in one `fit`.
+
     On every step the teacher runs once, with `training=False`, under
     `stop_gradient`; its weights never change, and the teacher object is not
     modified (its `trainable` flag is left as it was). The exception is a
