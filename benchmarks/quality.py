@@ -23,7 +23,7 @@ accuracy minus the labels-only student's, paired by seed; it counts as
 significant when its mean exceeds two standard errors.
 
 Run: `KERAS_BACKEND=jax python benchmarks/quality.py --output
-docs/results/quality.json` (about 40 minutes on 2 cores), then
+docs/results/quality.json` (within an hour on 2 cores), then
 `python benchmarks/quality.py --render docs/results/quality.json` writes the
 documentation page `docs/quality.md` and its plot. `--quick` is a smoke
 run on tiny slices (its numbers mean nothing).

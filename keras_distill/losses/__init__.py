@@ -17,6 +17,7 @@ from keras_distill.losses.base import DistillationLoss
 from keras_distill.losses.base import LossContext
 from keras_distill.losses.base import PerSampleLoss
 from keras_distill.losses.base import weighted_mean
+from keras_distill.losses.chunked import chunked_token_distillation
 from keras_distill.losses.contrastive import CRD
 from keras_distill.losses.contrastive import info_nce
 from keras_distill.losses.curriculum import CTKD
@@ -76,6 +77,7 @@ __all__ = [
     "TransformerAttention",
     "attention_map_loss",
     "attention_transfer",
+    "chunked_token_distillation",
     "connector_for",
     "correlation_congruence",
     "curriculum_reversal",
