@@ -102,12 +102,7 @@ def main():
         report["tasks"][name] = study(name, seeds, temperatures, weights, args.quick)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(report, indent=2) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    quality.write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -557,6 +557,17 @@ def plot(report, path):
     plt.close(figure)
 
 
+def write_report(report, output=None):
+    """Writes a results dict as indented JSON to the file `output`, or to
+    standard output when it is `None`."""
+    text = json.dumps(report, indent=2) + "\n"
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", help="Write the results JSON here (else stdout).")
@@ -575,12 +586,7 @@ def main():
         plot(report, PLOT)
         return
     report = measure(args.tasks, range(2 if args.quick else args.seeds), args.quick)
-    text = json.dumps(report, indent=2) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":
